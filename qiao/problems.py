@@ -1,0 +1,148 @@
+"""Errors as RFC 9457 problem details, each with a stable ``type``.
+
+Problem types are split, as X-Road splits its faults, by who has to act:
+
+* ``client``   — the calling app sent something wrong (fix the request);
+* ``consumer`` — the caller's own node could not carry the exchange (its operator acts);
+* ``provider`` — the provider's node or backend refused or failed (the provider acts);
+* ``hub``      — the control plane refused an administrative or enrollment call.
+
+The ``type`` URIs are stable identifiers (RFC 9457 §3.1.1 allows non-dereferenceable URIs);
+``docs/problems.md`` lists every one with what to do about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_PREFIX = "urn:qiao:problem:"
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    """One kind of failure: its stable URI, HTTP status and a short English title."""
+
+    side: str
+    name: str
+    status: int
+    title: str
+
+    @property
+    def uri(self) -> str:
+        return f"{_PREFIX}{self.side}:{self.name}"
+
+
+def _t(side: str, name: str, status: int, title: str) -> ProblemType:
+    return ProblemType(side, name, status, title)
+
+
+# --- client errors: the app's request is wrong -------------------------------------------
+BAD_PATH = _t("client", "bad-path", 400, "The path is not /r1/{provider-org}/{resource}/{path}")
+MISSING_CLIENT = _t("client", "missing-client", 400, "X-Qiao-Client header is missing")
+BAD_CLIENT = _t("client", "bad-client", 400, "X-Qiao-Client is not {instance}/{org}/{app}")
+UNKNOWN_CLIENT = _t("client", "unknown-client", 403, "The client app is not registered")
+MISSING_CREDENTIAL = _t("client", "missing-credential", 401, "No app credential was given")
+BAD_CREDENTIAL = _t("client", "bad-credential", 401, "The app credential is not valid")
+BAD_HEADER = _t("client", "bad-header", 400, "A Qiao header has an invalid value")
+UNKNOWN_PROVIDER = _t("client", "unknown-provider", 404, "No such provider organization")
+UNKNOWN_RESOURCE = _t("client", "unknown-resource", 404, "No such resource at this provider")
+NOT_ALLOWED = _t("client", "not-allowed", 403, "The client may not use this resource")
+BODY_TOO_LARGE = _t("client", "body-too-large", 413, "The request body is over the limit")
+METHOD_NOT_ALLOWED = _t("client", "method-not-allowed", 405, "Method not allowed here")
+
+# --- consumer-side errors: the caller's own node could not carry the exchange --------------
+CONFIGURATION_EXPIRED = _t(
+    "consumer", "configuration-expired", 503, "The global configuration has expired"
+)
+NO_CONFIGURATION = _t("consumer", "no-configuration", 503, "No global configuration yet")
+PROVIDER_UNREACHABLE = _t(
+    "consumer", "provider-unreachable", 502, "The provider's node could not be reached"
+)
+PROVIDER_TIMEOUT = _t("consumer", "provider-timeout", 504, "The provider's node did not answer")
+PROVIDER_NOT_TRUSTED = _t(
+    "consumer",
+    "provider-not-trusted",
+    502,
+    "The provider's node certificate does not match the global configuration",
+)
+REQUEST_HASH_MISMATCH = _t(
+    "consumer", "request-hash-mismatch", 502, "The provider acknowledged a different request"
+)
+
+# --- provider-side errors: the provider's node or backend refused or failed ----------------
+CERTIFICATE_REVOKED = _t(
+    "provider", "certificate-revoked", 403, "The calling node's certificate is revoked"
+)
+CERTIFICATE_MISMATCH = _t(
+    "provider",
+    "certificate-mismatch",
+    403,
+    "The calling node's certificate does not match the global configuration",
+)
+PROVIDER_NOT_ALLOWED = _t(
+    "provider", "not-allowed", 403, "The provider refuses this client for this resource"
+)
+PROVIDER_UNKNOWN_RESOURCE = _t(
+    "provider", "unknown-resource", 404, "The provider's node does not serve this resource"
+)
+BACKEND_UNAVAILABLE = _t("provider", "backend-unavailable", 502, "The provider backend is down")
+BACKEND_TIMEOUT = _t("provider", "backend-timeout", 504, "The provider backend did not answer")
+PROVIDER_CONFIGURATION_EXPIRED = _t(
+    "provider", "configuration-expired", 503, "The provider's global configuration has expired"
+)
+PROVIDER_BODY_TOO_LARGE = _t(
+    "provider", "body-too-large", 413, "The request body is over the provider's limit"
+)
+
+# --- hub (control plane) errors -----------------------------------------------------------
+VALIDATION = _t("hub", "validation", 422, "The request is not valid")
+NOT_FOUND = _t("hub", "not-found", 404, "Not found")
+CONFLICT = _t("hub", "conflict", 409, "Conflicts with what is already registered")
+UNAUTHORIZED = _t("hub", "unauthorized", 401, "Authentication is required")
+FORBIDDEN = _t("hub", "forbidden", 403, "Not permitted")
+BAD_ENROLLMENT_TOKEN = _t(
+    "hub", "bad-enrollment-token", 403, "The enrollment token is unknown, used or expired"
+)
+BAD_CSR = _t("hub", "bad-csr", 400, "The certificate signing request is not acceptable")
+INVALID_USCC = _t(
+    "hub", "invalid-uscc", 422, "Not a valid unified social credit code (GB 32100)"
+)
+INTERNAL = _t("hub", "internal", 500, "Internal error")
+
+ALL: tuple[ProblemType, ...] = tuple(v for v in globals().values() if isinstance(v, ProblemType))
+
+
+@dataclass
+class Problem(Exception):
+    """An error that reaches the caller as ``application/problem+json``."""
+
+    kind: ProblemType
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.kind.uri}: {self.detail or self.kind.title}"
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
+
+    def to_dict(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.kind.uri,
+            "title": self.kind.title,
+            "status": self.kind.status,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+    def to_json(self, instance: str | None = None) -> bytes:
+        return orjson.dumps(self.to_dict(instance))

@@ -1,0 +1,131 @@
+"""Tables of the registry: organizations, apps, nodes, certificates, tokens, resources."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from qiao.db import HubBase, UTCDateTime, utcnow
+
+
+class Organization(HubBase):
+    """A department, enterprise or bank, identified by its unified social credit code."""
+
+    __tablename__ = "organizations"
+
+    code: Mapped[str] = mapped_column(String(18), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200), default="")
+    kind: Mapped[str] = mapped_column(String(32), default="government")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    apps: Mapped[list[App]] = relationship(back_populates="organization", order_by="App.code")
+
+
+class App(HubBase):
+    """A subsystem of an organization that calls other organizations' resources."""
+
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("org_code", "code"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_code: Mapped[str] = mapped_column(ForeignKey("organizations.code"), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    organization: Mapped[Organization] = relationship(back_populates="apps")
+
+
+class Node(HubBase):
+    """A department's gateway, known by name and the address other nodes call."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    org_code: Mapped[str] = mapped_column(ForeignKey("organizations.code"), index=True)
+    address: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Certificate(HubBase):
+    """A node certificate issued by the hub's CA; revocation is recorded here."""
+
+    __tablename__ = "certificates"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    pem: Mapped[str] = mapped_column(Text)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revocation_reason: Mapped[str] = mapped_column(String(200), default="")
+
+
+class EnrollmentToken(HubBase):
+    """A one-time secret an operator hands to an organization so its node can enroll."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_code: Mapped[str] = mapped_column(ForeignKey("organizations.code"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    used_by_node: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Resource(HubBase):
+    """A resource an organization provides through its node (the catalog issue extends it)."""
+
+    __tablename__ = "resources"
+    __table_args__ = (UniqueConstraint("org_code", "code"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_code: Mapped[str] = mapped_column(ForeignKey("organizations.code"), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    allowed: Mapped[list[ResourceClient]] = relationship(
+        cascade="all, delete-orphan", order_by="ResourceClient.client"
+    )
+
+
+class ResourceClient(HubBase):
+    """Allow-list entry: a client (``{instance}/{org}/{app}``, or ``{instance}/{org}`` for
+    every app of an organization) that may call a resource. Agreements replace this."""
+
+    __tablename__ = "resource_clients"
+    __table_args__ = (UniqueConstraint("resource_id", "client"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
+    client: Mapped[str] = mapped_column(String(200))
+
+
+class OperatorToken(HubBase):
+    """A bearer token for the hub's administrative API (stored as a SHA-256 hash)."""
+
+    __tablename__ = "operator_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    label: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RegistryRevision(HubBase):
+    """One row whose counter rises with every registry change: the configuration serial."""
+
+    __tablename__ = "registry_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[int] = mapped_column(Integer, default=1)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
