@@ -43,7 +43,9 @@ class _FileSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = cls.config_file or (Path(os.environ["QIAO_CONFIG"]) if "QIAO_CONFIG" in os.environ else None)
+        path = cls.config_file or (
+            Path(os.environ["QIAO_CONFIG"]) if "QIAO_CONFIG" in os.environ else None
+        )
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)

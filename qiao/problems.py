@@ -108,9 +108,7 @@ BAD_ENROLLMENT_TOKEN = _t(
     "hub", "bad-enrollment-token", 403, "The enrollment token is unknown, used or expired"
 )
 BAD_CSR = _t("hub", "bad-csr", 400, "The certificate signing request is not acceptable")
-INVALID_USCC = _t(
-    "hub", "invalid-uscc", 422, "Not a valid unified social credit code (GB 32100)"
-)
+INVALID_USCC = _t("hub", "invalid-uscc", 422, "Not a valid unified social credit code (GB 32100)")
 INTERNAL = _t("hub", "internal", 500, "Internal error")
 
 ALL: tuple[ProblemType, ...] = tuple(v for v in globals().values() if isinstance(v, ProblemType))

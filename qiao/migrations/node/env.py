@@ -1,7 +1,7 @@
 """Alembic environment of a node's database."""
 
-from qiao.migrations.common import run
-from qiao.exchange import models  # noqa: F401  (registers the tables)
 from qiao.db import NodeBase
+from qiao.exchange import models  # noqa: F401  (registers the tables)
+from qiao.migrations.common import run
 
 run(NodeBase.metadata)

@@ -1,0 +1,144 @@
+"""Benchmark of the exchange path, side by side with a direct call to the same backend.
+
+    app (wrk) → consumer node → mutual TLS → provider node → backend
+    app (wrk) → backend                                     (the baseline)
+
+Both runs happen in one invocation on the same machine, with the same load generator (Debian's
+``wrk``, one thread, so it takes as little CPU from the servers as possible) and the same
+number of connections. Prints one JSON document with throughput, latency percentiles, and the
+ratios between the two.
+
+    .venv/bin/python bench/exchange.py [--connections 64] [--duration 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qiao.db import make_engine  # noqa: E402
+from qiao.demo.city import Deployment  # noqa: E402
+from qiao.demo.processes import free_port  # noqa: E402
+from qiao.exchange.models import ExchangeRecord  # noqa: E402
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """Throughput and latency percentiles (ms) from ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {}
+    for p, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        pct[f"p{p}_ms"] = round(float(value) * _UNITS[unit], 3)
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"requests_per_s": rps, **pct, "requests": int(total.group(1)) if total else None,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def wrk(url: str, headers: dict[str, str], connections: int, duration: int) -> dict[str, Any]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in
+                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.platform()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench needs wrk: apt-get install wrk")
+
+    tmp = Path(tempfile.mkdtemp(prefix="qiao-bench-"))
+    port = free_port()
+    backend = subprocess.Popen([sys.executable, str(Path(__file__).with_name("backend.py")),
+                                str(port)])
+    dep = Deployment(data_dir=tmp / "city", backend_urls={"police": f"http://127.0.0.1:{port}"},
+                     node_settings={"log_level": "warning"})
+    try:
+        dep.prepare()
+        reg = dep.start_hub()
+        dep.start_nodes(reg, only={"police", "transport"})
+        for _ in range(50):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/violations", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        direct_url = f"http://127.0.0.1:{port}/violations?plate=B12345"
+        t = dep.nodes["transport"]
+        qiao_url = f"{t.url}/r1/{dep.codes['police']}/vehicle-violations?plate=B12345"
+        headers = {"X-Qiao-Client": dep.client("transport", "traffic-enforcement"),
+                   "Authorization": f"Bearer {t.api_keys['traffic-enforcement']}",
+                   "X-Qiao-Purpose": "benchmark"}
+        assert httpx.get(qiao_url, headers=headers).status_code == 200
+
+        wrk(direct_url, {}, args.connections, args.warmup)
+        direct = wrk(direct_url, {}, args.connections, args.duration)
+        before = _records(dep, "transport")
+        wrk(qiao_url, headers, args.connections, args.warmup)
+        mid = _records(dep, "transport")
+        full = wrk(qiao_url, headers, args.connections, args.duration)
+        after = _records(dep, "transport")
+        result = {
+            "benchmark": "exchange-path",
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "direct": direct,
+            "qiao": full,
+            "throughput_ratio": round(full["requests_per_s"] / direct["requests_per_s"], 3),
+            "added_latency_ms": {k: round(full[k] - direct[k], 3)
+                                 for k in ("p50_ms", "p99_ms") if k in full and k in direct},
+            "records_written": {"warmup": mid - before, "measured": after - mid},
+            "machine": machine(),
+        }
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    finally:
+        dep.stop()
+        backend.terminate()
+        backend.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _records(dep: Deployment, dept: str) -> int:
+    eng = make_engine(dep.node_db_url(dept))
+    with eng.connect() as c:
+        n = int(c.execute(select(func.count()).select_from(ExchangeRecord)).scalar_one())
+    eng.dispose()
+    return n
+
+
+if __name__ == "__main__":
+    main()

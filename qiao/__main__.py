@@ -1,0 +1,3 @@
+from qiao.cli import main
+
+main()

@@ -1,0 +1,452 @@
+"""The ``qiao`` command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qiao import __version__
+from qiao.config import HubSettings, NodeSettings
+from qiao.problems import Problem
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    help="Qiao (桥): a data exchange layer for public administration.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+hub_app = typer.Typer(
+    help="Run the hub (交换中心) or administer its registry. Without a sub-command, starts the hub."
+)
+node_app = typer.Typer(
+    help="Run a department's node (前置交换节点) or administer it. "
+    "Without a sub-command, starts the node."
+)
+org_app = typer.Typer(help="Organizations, by unified social credit code.", no_args_is_help=True)
+happ_app = typer.Typer(help="Apps (subsystems) of organizations.", no_args_is_help=True)
+res_app = typer.Typer(help="Resources and who may call them.", no_args_is_help=True)
+key_app = typer.Typer(help="API keys of this organization's apps.", no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
+app.add_typer(node_app, name="node")
+hub_app.add_typer(org_app, name="org")
+hub_app.add_typer(happ_app, name="app")
+hub_app.add_typer(res_app, name="resource")
+node_app.add_typer(key_app, name="key")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML configuration file (or set QIAO_CONFIG).",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _hub_settings(ctx: typer.Context) -> HubSettings:
+    return ctx.obj["settings"]  # type: ignore[no-any-return]
+
+
+def _registry(ctx: typer.Context) -> Any:
+    from qiao.hub.app import open_registry
+
+    if "registry" not in ctx.obj:
+        ctx.obj["registry"] = open_registry(_hub_settings(ctx))
+    return ctx.obj["registry"]
+
+
+@app.command()
+def version() -> None:
+    """Print Qiao's version."""
+    console.print(__version__)
+
+
+# --- hub ----------------------------------------------------------------------------------
+@hub_app.callback(invoke_without_command=True)
+def hub(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Start the hub, or run one of its administrative commands."""
+    try:
+        settings = HubSettings.load(config)
+    except Exception as exc:
+        raise _fail(f"configuration: {exc}") from exc
+    ctx.obj = {"settings": settings}
+    if ctx.invoked_subcommand is None:
+        from qiao.hub.server import run
+
+        run(settings)
+
+
+def _guard(fn: Any) -> Any:
+    """Turn a Problem from the services into a readable one-line error and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Problem as p:
+            raise _fail(f"{p.detail or p.kind.title} ({p.kind.uri})", 2) from p
+
+    return wrapper
+
+
+@hub_app.command("init")
+@_guard
+def hub_init(ctx: typer.Context) -> None:
+    """Create the hub's database, CA and signing key, and print a new operator token."""
+    reg = _registry(ctx)
+    token = reg.create_operator_token("init")
+    console.print(f"hub data in {_hub_settings(ctx).data_dir.resolve()}")
+    console.print(f"operator token (shown once): {token}")
+
+
+@hub_app.command("operator-token")
+@_guard
+def hub_operator_token(
+    ctx: typer.Context, label: Annotated[str, typer.Option(help="Who gets it.")] = "operator"
+) -> None:
+    """Create an operator token for the hub's administrative API (shown once)."""
+    console.print(_registry(ctx).create_operator_token(label))
+
+
+@hub_app.command("enroll-token")
+@_guard
+def hub_enroll_token(ctx: typer.Context, org: str) -> None:
+    """Create a one-time enrollment token for a node of organization ORG."""
+    token, expires = _registry(ctx).create_enrollment_token(org)
+    console.print(token)
+    err.print(f"valid until {expires.isoformat()}; give it to {org}'s security officer")
+
+
+@hub_app.command("nodes")
+@_guard
+def hub_nodes(ctx: typer.Context) -> None:
+    """List nodes and their certificates."""
+    t = Table("node", "org", "address", "certificate serial", "expires", "revoked")
+    for n, certs in _registry(ctx).list_nodes():
+        for c in certs or [None]:
+            t.add_row(
+                n.name,
+                n.org_code,
+                n.address,
+                c.serial if c else "-",
+                c.not_after.date().isoformat() if c else "-",
+                c.revoked_at.isoformat() if c and c.revoked_at else "",
+            )
+    console.print(t)
+
+
+@hub_app.command("revoke")
+@_guard
+def hub_revoke(
+    ctx: typer.Context,
+    what: Annotated[str, typer.Argument(help="Certificate serial (hex) or node name.")],
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "unspecified",
+) -> None:
+    """Revoke a node certificate; nodes refuse it from their next configuration fetch."""
+    for serial in _registry(ctx).revoke(what, reason):
+        console.print(f"revoked {serial}")
+
+
+@hub_app.command("global-configuration")
+@_guard
+def hub_global_configuration(ctx: typer.Context) -> None:
+    """Print the current signed global configuration (JSON)."""
+    console.print_json(json.dumps(_registry(ctx).signed_global_conf()))
+
+
+@org_app.command("add")
+@_guard
+def org_add(
+    ctx: typer.Context,
+    code: Annotated[str, typer.Argument(help="Unified social credit code (GB 32100).")],
+    name: Annotated[str, typer.Argument(help="Official (Chinese) name.")],
+    name_en: Annotated[str, typer.Option(help="English name.")] = "",
+    kind: Annotated[
+        str, typer.Option(help="government, enterprise, bank or institution.")
+    ] = "government",
+) -> None:
+    """Register an organization (its code's check character is verified)."""
+    org = _registry(ctx).add_organization(code, name, name_en=name_en, kind=kind)
+    console.print(f"registered {org.code} {org.name}")
+
+
+@org_app.command("list")
+@_guard
+def org_list(ctx: typer.Context) -> None:
+    """List organizations and their apps."""
+    reg = _registry(ctx)
+    apps = reg.list_apps()
+    t = Table("code", "name", "kind", "apps")
+    for o in reg.list_organizations():
+        t.add_row(o.code, o.name, o.kind, ", ".join(a.code for a in apps if a.org_code == o.code))
+    console.print(t)
+
+
+@happ_app.command("add")
+@_guard
+def app_add(
+    ctx: typer.Context,
+    org: str,
+    code: str,
+    name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
+) -> None:
+    """Register an app (subsystem) of organization ORG."""
+    reg = _registry(ctx)
+    a = reg.add_app(org, code, name)
+    console.print(f"registered {reg.instance}/{a.org_code}/{a.code}")
+
+
+@res_app.command("add")
+@_guard
+def resource_add(
+    ctx: typer.Context,
+    org: str,
+    code: str,
+    name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="Client allowed to call it: {instance}/{org}[/{app}]. Repeatable."),
+    ] = None,
+) -> None:
+    """Register a resource that organization ORG provides through its node."""
+    reg = _registry(ctx)
+    r = reg.add_resource(org, code, name)
+    for client in allow or []:
+        reg.allow(r.org_code, r.code, client)
+    console.print(f"registered {r.org_code}/{r.code}")
+
+
+@res_app.command("allow")
+@_guard
+def resource_allow(ctx: typer.Context, org: str, code: str, client: str) -> None:
+    """Allow CLIENT ({instance}/{org}[/{app}]) to call resource ORG/CODE."""
+    _registry(ctx).allow(org, code, client)
+    console.print(f"{client} may now call {org}/{code}")
+
+
+@res_app.command("disallow")
+@_guard
+def resource_disallow(ctx: typer.Context, org: str, code: str, client: str) -> None:
+    """Withdraw CLIENT's permission to call resource ORG/CODE."""
+    _registry(ctx).disallow(org, code, client)
+    console.print(f"{client} may no longer call {org}/{code}")
+
+
+@res_app.command("list")
+@_guard
+def resource_list(ctx: typer.Context) -> None:
+    """List resources and their allowed clients."""
+    t = Table("org", "code", "name", "allowed clients")
+    for r, allowed in _registry(ctx).list_resources():
+        t.add_row(r.org_code, r.code, r.name, "\n".join(allowed))
+    console.print(t)
+
+
+# --- node ---------------------------------------------------------------------------------
+@node_app.callback(invoke_without_command=True)
+def node(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Start the node, or run one of its administrative commands."""
+    try:
+        settings = NodeSettings.load(config)
+    except Exception as exc:
+        raise _fail(f"configuration: {exc}") from exc
+    ctx.obj = {"settings": settings}
+    if ctx.invoked_subcommand is None:
+        from qiao.node.app import run
+
+        try:
+            run(settings)
+        except FileNotFoundError as exc:
+            raise _fail(str(exc)) from exc
+
+
+def _node_settings(ctx: typer.Context) -> NodeSettings:
+    return ctx.obj["settings"]  # type: ignore[no-any-return]
+
+
+def _node_keys(ctx: typer.Context) -> Any:
+    from qiao.db import make_engine, migrate
+    from qiao.exchange.keys import ApiKeyService
+
+    s = _node_settings(ctx)
+    migrate("node", s.database_url)
+    return ApiKeyService(make_engine(s.database_url))
+
+
+@node_app.command("enroll")
+def node_enroll(
+    ctx: typer.Context,
+    token: Annotated[str, typer.Option(help="One-time token from `qiao hub enroll-token`.")],
+    org: Annotated[str, typer.Option(help="This node's organization (credit code).")],
+) -> None:
+    """Enroll this node at the hub: get its certificate and the hub's trust anchors."""
+    from qiao.node.identity import EnrollmentError, enroll
+
+    s = _node_settings(ctx)
+    try:
+        ident = enroll(
+            s.data_dir,
+            hub_url=s.hub_url,
+            token=token,
+            node_name=s.name,
+            org=org,
+            address=s.peer_address,
+        )
+    except EnrollmentError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"enrolled node {ident.name} of {ident.org}; certificate {ident.fingerprint}")
+
+
+@key_app.command("create")
+def key_create(
+    ctx: typer.Context,
+    app_code: Annotated[str, typer.Argument(metavar="APP", help="The app's code.")],
+    days: Annotated[int, typer.Option(help="Days until the key expires (0: never).")] = 90,
+    label: Annotated[str, typer.Option(help="A note for the key list.")] = "",
+) -> None:
+    """Create an API key for one of this organization's apps (shown once)."""
+    from qiao.node.identity import NodeIdentity
+
+    ident = NodeIdentity.load(_node_settings(ctx).data_dir)
+    issued = _node_keys(ctx).create(
+        f"{ident.client_id_prefix}{app_code}",
+        label=label,
+        ttl=timedelta(days=days) if days > 0 else None,
+    )
+    console.print(issued.secret)
+    err.print(
+        f"key {issued.key_id} for {issued.client}; expires "
+        f"{issued.expires_at.isoformat() if issued.expires_at else 'never'}"
+    )
+
+
+@key_app.command("revoke")
+def key_revoke(ctx: typer.Context, key_id: str) -> None:
+    """Revoke an API key by its id (the part after qk_)."""
+    if not _node_keys(ctx).revoke(key_id):
+        raise _fail(f"no active key {key_id}")
+    console.print(f"revoked {key_id}")
+
+
+@key_app.command("list")
+def key_list(ctx: typer.Context) -> None:
+    """List this node's API keys (never their secrets)."""
+    t = Table("key id", "client", "label", "expires", "revoked")
+    for k in _node_keys(ctx).list():
+        t.add_row(
+            k.key_id,
+            k.client,
+            k.label,
+            k.expires_at.isoformat() if k.expires_at else "never",
+            k.revoked_at.isoformat() if k.revoked_at else "",
+        )
+    console.print(t)
+
+
+@node_app.command("records")
+def node_records(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    exchange_id: Annotated[str | None, typer.Option("--id", help="One exchange.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """Show this node's exchange records."""
+    from qiao.db import make_engine, migrate
+    from qiao.exchange.records import recent_records
+
+    s = _node_settings(ctx)
+    migrate("node", s.database_url)
+    rows = recent_records(make_engine(s.database_url), limit, exchange_id)
+    if as_json:
+        for r in rows:
+            console.print_json(
+                json.dumps({k: str(v) if k == "started_at" else v for k, v in r.items()})
+            )
+        return
+    t = Table("time", "id", "role", "client", "resource", "status", "ms", "problem")
+    for r in rows:
+        t.add_row(
+            r["started_at"].isoformat(timespec="seconds"),
+            r["exchange_id"],
+            r["role"],
+            r["client"],
+            f"{r['provider_org']}/{r['resource']}",
+            str(r["status"]),
+            f"{r['duration_ms']:.1f}",
+            r["problem_type"],
+        )
+    console.print(t)
+
+
+@node_app.command("status")
+def node_status(ctx: typer.Context) -> None:
+    """Ask the running node for its health (configuration, grace period left)."""
+    import httpx
+
+    s = _node_settings(ctx)
+    try:
+        r = httpx.get(f"http://{s.host}:{s.port}/healthz", timeout=5)
+    except httpx.HTTPError as exc:
+        raise _fail(f"node not reachable at {s.host}:{s.port}: {exc}") from exc
+    console.print_json(r.text)
+    if r.status_code != 200:
+        raise typer.Exit(1)
+
+
+# --- demo ---------------------------------------------------------------------------------
+@app.command()
+def demo(
+    check: Annotated[
+        bool,
+        typer.Option(help="Run the scenario once and exit non-zero if any expected outcome fails."),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON line when ready (hub_url, console_url, sample) and keep running.",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the demo city keeps its data (recreated on each run).")
+    ] = Path(".qiao-demo"),
+    base_port: Annotated[
+        int, typer.Option(help="First of the loopback ports to use (0: any free ports).")
+    ] = 8700,
+    database_url: Annotated[
+        str | None, typer.Option(help="Hub database URL (default: SQLite in the data directory).")
+    ] = None,
+) -> None:
+    """Run the fictional demo city: a hub, five departments' nodes and their backends."""
+    from qiao.demo.run import run_demo
+
+    raise typer.Exit(
+        run_demo(
+            data_dir=data_dir,
+            base_port=base_port,
+            check=check,
+            as_json=as_json,
+            database_url=database_url,
+        )
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,263 @@
+"""The fictional demo city: its departments, their apps and resources, and how to stand it up.
+
+``Deployment`` seeds a hub, starts it, enrolls one node per department, gives each app an API
+key, and starts the nodes: real processes on loopback ports, as a city's IT team would run
+them, only all on one machine.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qiao.config import HubSettings
+from qiao.db import make_engine, migrate
+from qiao.demo.people import make_uscc
+from qiao.demo.processes import Process, free_port, write_toml
+from qiao.exchange.keys import ApiKeyService
+from qiao.node.identity import enroll
+
+SEED = 20261129
+REGION = "440300"  # the fictional 桥城 (Qiaocheng) borrows a real-format division code
+MARKER = ".qiao-demo-data"
+
+
+@dataclass(frozen=True)
+class Department:
+    key: str
+    name: str
+    name_en: str
+    kind: str
+    apps: tuple[str, ...]
+    # resource code -> (name, backend path on the department's demo backend)
+    resources: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+DEPARTMENTS: tuple[Department, ...] = (
+    Department(
+        "police",
+        "桥城市公安局",
+        "Qiaocheng Public Security Bureau",
+        "government",
+        ("police-app",),
+        {
+            "vehicle-violations": ("机动车违法记录查询", "/violations"),
+            "identity-verification": ("身份核验", "/identity/verify"),
+        },
+    ),
+    Department(
+        "transport",
+        "桥城市交通运输局",
+        "Qiaocheng Transport Bureau",
+        "government",
+        ("traffic-enforcement",),
+        {"bike-stations": ("公共自行车站点状态", "/stations")},
+    ),
+    Department(
+        "market",
+        "桥城市市场监督管理局",
+        "Qiaocheng Market Regulation Administration",
+        "government",
+        ("registration",),
+        {"enterprise-credit": ("企业登记与信用信息", "/enterprises")},
+    ),
+    Department(
+        "health",
+        "桥城市卫生健康委员会",
+        "Qiaocheng Health Commission",
+        "government",
+        ("epidemic-stats",),
+        {"epidemic-daily": ("每日疫情统计", "/daily")},
+    ),
+    Department(
+        "bank", "桥城商业银行股份有限公司", "Qiaocheng Commercial Bank", "bank", ("credit-check",)
+    ),
+)
+
+# Who may call what, before agreements replace this allow-list: (provider, resource) -> clients
+# given as "dept" (every app of it) or "dept/app".
+ALLOWED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("police", "vehicle-violations"): ("transport/traffic-enforcement",),
+    ("police", "identity-verification"): ("bank/credit-check", "market"),
+    ("market", "enterprise-credit"): ("bank/credit-check", "police"),
+    ("transport", "bike-stations"): ("police",),
+    ("health", "epidemic-daily"): ("police", "transport", "market"),
+}
+
+
+def org_codes(seed: int = SEED) -> dict[str, str]:
+    """Each department's unified social credit code, generated with valid check characters."""
+    rng = random.Random(seed)
+    return {
+        d.key: make_uscc(rng, "9" if d.kind == "bank" else "1", "1", REGION) for d in DEPARTMENTS
+    }
+
+
+@dataclass
+class NodeInfo:
+    dept: Department
+    org: str
+    name: str
+    port: int
+    peer_port: int
+    data_dir: Path
+    config: Path
+    process: Process
+    api_keys: dict[str, str] = field(default_factory=dict)  # app code -> secret
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Deployment:
+    """A hub and one node per department on loopback."""
+
+    data_dir: Path
+    instance: str = "CN-DEMO"
+    base_port: int = 0
+    hub_database_url: str | None = None
+    node_database_urls: dict[str, str] = field(default_factory=dict)
+    backend_urls: dict[str, str] = field(default_factory=dict)  # dept key -> backend base URL
+    node_settings: dict[str, Any] = field(default_factory=dict)
+    # More backends per department beyond the demo's own: dept key -> {resource: settings}.
+    extra_services: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    codes: dict[str, str] = field(default_factory=org_codes)
+    hub: Process | None = None
+    hub_url: str = ""
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+
+    def _port(self, offset: int) -> int:
+        return self.base_port + offset if self.base_port else free_port()
+
+    def client(self, dept: str, app: str) -> str:
+        return f"{self.instance}/{self.codes[dept]}/{app}"
+
+    def prepare(self) -> None:
+        """A fresh data directory (only one this demo made itself is ever deleted)."""
+        if self.data_dir.exists():
+            if not (self.data_dir / MARKER).exists() and any(self.data_dir.iterdir()):
+                raise RuntimeError(
+                    f"{self.data_dir} exists and is not a demo data directory; "
+                    "choose another --data-dir"
+                )
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True)
+        (self.data_dir / MARKER).write_text("created by qiao demo; deleted on the next run\n")
+
+    def hub_settings(self) -> HubSettings:
+        port = self._port(0)
+        hub_dir = self.data_dir / "hub"
+        values: dict[str, Any] = {"data_dir": str(hub_dir), "port": port, "instance": self.instance}
+        if self.hub_database_url:
+            values["database_url"] = self.hub_database_url
+        write_toml(hub_dir / "hub.toml", values)
+        return HubSettings.load(hub_dir / "hub.toml")
+
+    def seed_registry(self, settings: HubSettings) -> Any:
+        from qiao.hub.app import open_registry
+
+        reg = open_registry(settings)
+        for d in DEPARTMENTS:
+            org = self.codes[d.key]
+            reg.add_organization(org, d.name, name_en=d.name_en, kind=d.kind)
+            for a in d.apps:
+                reg.add_app(org, a)
+            for code, (name, _path) in d.resources.items():
+                reg.add_resource(org, code, name)
+        for (prov, res), clients in ALLOWED.items():
+            for c in clients:
+                dept, _, app = c.partition("/")
+                client = self.client(dept, app) if app else f"{self.instance}/{self.codes[dept]}"
+                reg.allow(self.codes[prov], res, client)
+        return reg
+
+    def start_hub(self) -> Any:
+        settings = self.hub_settings()
+        reg = self.seed_registry(settings)
+        self.hub_url = settings.public_url
+        self.hub = Process(
+            "hub",
+            ["hub", "--config", str(settings.data_dir / "hub.toml")],
+            settings.data_dir / "hub.log",
+            f"{self.hub_url}/healthz",
+        ).start()
+        self.hub.wait_healthy()
+        return reg
+
+    def start_nodes(self, reg: Any, only: set[str] | None = None) -> None:
+        """Enroll and start the departments' nodes (all, or the ``only`` ones)."""
+        for i, d in enumerate(DEPARTMENTS):
+            if only is not None and d.key not in only:
+                continue
+            org = self.codes[d.key]
+            node_dir = self.data_dir / d.key
+            port, peer = self._port(10 + 2 * i), self._port(11 + 2 * i)
+            values: dict[str, Any] = {
+                "name": f"{d.key}-node",
+                "data_dir": str(node_dir),
+                "hub_url": self.hub_url,
+                "port": port,
+                "peer_port": peer,
+                "config_refresh_seconds": 2.0,
+                **self.node_settings,
+            }
+            if d.key in self.node_database_urls:
+                values["database_url"] = self.node_database_urls[d.key]
+            backend = self.backend_urls.get(d.key)
+            if backend and d.resources:
+                values["services"] = {
+                    code: {"url": backend + path, "timeout_seconds": 10.0}
+                    for code, (_n, path) in d.resources.items()
+                }
+            config = write_toml(node_dir / "node.toml", values)
+            token, _exp = reg.create_enrollment_token(org)
+            enroll(
+                node_dir,
+                hub_url=self.hub_url,
+                token=token,
+                node_name=f"{d.key}-node",
+                org=org,
+                address=f"https://127.0.0.1:{peer}",
+            )
+            db_url = values.get("database_url") or f"sqlite:///{(node_dir / 'node.db').resolve()}"
+            migrate("node", db_url)
+            keys = ApiKeyService(make_engine(db_url))
+            info = NodeInfo(
+                d,
+                org,
+                f"{d.key}-node",
+                port,
+                peer,
+                node_dir,
+                config,
+                Process(
+                    f"{d.key}-node",
+                    ["node", "--config", str(config)],
+                    node_dir / "node.log",
+                    f"http://127.0.0.1:{port}/healthz",
+                ),
+            )
+            for a in d.apps:
+                info.api_keys[a] = keys.create(self.client(d.key, a), label="demo").secret
+            self.nodes[d.key] = info
+        for info in self.nodes.values():
+            info.process.start()
+        for info in self.nodes.values():
+            info.process.wait_healthy()
+
+    def node_db_url(self, dept: str) -> str:
+        return (
+            self.node_database_urls.get(dept)
+            or f"sqlite:///{(self.nodes[dept].data_dir / 'node.db').resolve()}"
+        )
+
+    def stop(self) -> None:
+        for info in self.nodes.values():
+            info.process.stop()
+        if self.hub is not None:
+            self.hub.stop()

@@ -1,0 +1,243 @@
+"""``qiao demo``: stand up the demo city, run its scenario, say what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from qiao.db import make_engine
+from qiao.demo import backends
+from qiao.demo.city import Deployment
+from qiao.demo.people import DemoCity, build_city
+from qiao.demo.processes import free_port
+from qiao.exchange.models import ExchangeRecord
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Outcome:
+    name: str
+    ok: bool
+    detail: str
+
+
+async def start_backends(city: DemoCity, base_port: int) -> tuple[dict[str, str], list[Any]]:
+    apps = {
+        "police": backends.public_security(city),
+        "transport": backends.transport(city),
+        "market": backends.market_regulation(city),
+        "health": backends.health(city),
+    }
+    urls, runners = {}, []
+    for i, (dept, app) in enumerate(apps.items()):
+        port = base_port + 50 + i if base_port else free_port()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        urls[dept], runners = f"http://127.0.0.1:{port}", [*runners, runner]
+    return urls, runners
+
+
+def sample_call(dep: Deployment, city: DemoCity) -> dict[str, Any]:
+    """A working exchange: the transport bureau looks up a vehicle's violations."""
+    plate = city.violations[0].plate
+    node = dep.nodes["transport"]
+    url = aiohttp.client.URL(f"{node.url}/r1/{dep.codes['police']}/vehicle-violations")
+    return {
+        "method": "GET",
+        "url": str(url.with_query(plate=plate)),
+        "headers": {
+            "X-Qiao-Client": dep.client("transport", "traffic-enforcement"),
+            "Authorization": f"Bearer {node.api_keys['traffic-enforcement']}",
+            "X-Qiao-Purpose": "traffic-enforcement",
+        },
+    }
+
+
+async def _json(r: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The body as JSON, or what it was instead (so a failed check says what came back)."""
+    raw = await r.read()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {"unexpected_body": raw[:300].decode(errors="replace")}
+    return data if isinstance(data, dict) else {"unexpected_body": data}
+
+
+async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
+    out: list[Outcome] = []
+    async with aiohttp.ClientSession() as http:
+        # 1. Transport looks up a vehicle's violations at public security.
+        s = sample_call(dep, city)
+        async with http.get(s["url"], headers=s["headers"]) as r:
+            body = await _json(r)
+            xid = r.headers.get("X-Qiao-Id", "")
+            rhash = r.headers.get("X-Qiao-Request-Hash", "")
+            expected = [v for v in city.violations if v.plate == city.violations[0].plate]
+            ok = r.status == 200 and len(body.get("violations", [])) == len(expected) and rhash
+            out.append(
+                Outcome(
+                    "transport → public security: vehicle violations",
+                    bool(ok),
+                    f"{r.status}, {len(body.get('violations', []))} violation(s) of "
+                    f"{city.violations[0].plate}, exchange {xid}",
+                )
+            )
+
+        # 2. The bank looks up an enterprise at market regulation.
+        ent = city.enterprises[0]
+        bank = dep.nodes["bank"]
+        headers = {
+            "X-Qiao-Client": dep.client("bank", "credit-check"),
+            "Authorization": f"Bearer {bank.api_keys['credit-check']}",
+            "X-Qiao-Purpose": "loan-review",
+            "X-Qiao-User": "loan-officer-007",
+        }
+        url = f"{bank.url}/r1/{dep.codes['market']}/enterprise-credit/{ent.uscc}"
+        async with http.get(url, headers=headers) as r:
+            body = await _json(r)
+            ok = r.status == 200 and body.get("name") == ent.name
+            out.append(
+                Outcome(
+                    "bank → market regulation: enterprise credit",
+                    bool(ok),
+                    f"{r.status}, {body.get('name')} rated {body.get('credit_rating')}",
+                )
+            )
+
+        # 3. The bank may not read vehicle violations: refused before it leaves the bank.
+        url = f"{bank.url}/r1/{dep.codes['police']}/vehicle-violations?plate=x"
+        async with http.get(url, headers=headers) as r:
+            body = await _json(r)
+            ok = r.status == 403 and body.get("type") == "urn:qiao:problem:client:not-allowed"
+            out.append(
+                Outcome(
+                    "bank → public security: violations (not allowed)",
+                    ok,
+                    f"{r.status} {body.get('type')}",
+                )
+            )
+
+        # 4. A wrong API key is refused.
+        bad = {**headers, "Authorization": "Bearer qk_0000_wrong"}
+        url = f"{bank.url}/r1/{dep.codes['market']}/enterprise-credit/{ent.uscc}"
+        async with http.get(url, headers=bad) as r:
+            body = await _json(r)
+            ok = r.status == 401 and body.get("type") == "urn:qiao:problem:client:bad-credential"
+            out.append(Outcome("wrong API key refused", ok, f"{r.status} {body.get('type')}"))
+
+    # 5. Both nodes recorded the first exchange, with the same request hash.
+    first = out[0].detail.rsplit(" ", 1)[-1]
+    records = []
+    for dept in ("transport", "police"):
+        eng = make_engine(dep.node_db_url(dept))
+        with eng.connect() as c:
+            records += list(
+                c.execute(
+                    select(
+                        ExchangeRecord.role, ExchangeRecord.request_hash, ExchangeRecord.status
+                    ).where(ExchangeRecord.exchange_id == first)
+                )
+            )
+        eng.dispose()
+    roles = {r.role for r in records}
+    same = len({r.request_hash for r in records}) == 1
+    out.append(
+        Outcome(
+            "both nodes recorded the exchange",
+            roles == {"consumer", "provider"} and same,
+            f"roles {sorted(roles)}, request hashes agree: {same}",
+        )
+    )
+    return out
+
+
+def print_summary(dep: Deployment, outcomes: list[Outcome], data_dir: Path) -> None:
+    t = Table(title="桥城 demo city — what happened", show_lines=False)
+    t.add_column("check")
+    t.add_column("result")
+    t.add_column("detail")
+    for o in outcomes:
+        t.add_row(o.name, "[green]ok[/green]" if o.ok else "[red]FAILED[/red]", o.detail)
+    console.print(t)
+    n = Table(title="where to look")
+    n.add_column("department")
+    n.add_column("organization code")
+    n.add_column("node (apps call here)")
+    n.add_column("health")
+    for info in dep.nodes.values():
+        n.add_row(info.dept.name, info.org, info.url, f"{info.url}/healthz")
+    console.print(n)
+    console.print(f"hub: {dep.hub_url}  (API docs: {dep.hub_url}/docs)")
+    console.print(f"data and logs: {data_dir.resolve()}")
+    console.print(f"exchange records: qiao node --config {dep.nodes['transport'].config} records")
+
+
+async def _run(
+    data_dir: Path, base_port: int, check: bool, as_json: bool, database_url: str | None
+) -> int:
+    city = build_city()
+    dep = Deployment(data_dir=data_dir, base_port=base_port, hub_database_url=database_url)
+    dep.prepare()
+    backend_urls, runners = await start_backends(city, base_port)
+    dep.backend_urls = backend_urls
+    try:
+        if not as_json:
+            console.print("starting the hub and five departments' nodes …")
+        reg = await asyncio.to_thread(dep.start_hub)
+        await asyncio.to_thread(dep.start_nodes, reg)
+        outcomes = await scenario(dep, city)
+        ok = all(o.ok for o in outcomes)
+        if as_json:
+            print(
+                json.dumps(
+                    {"hub_url": dep.hub_url, "console_url": None, "sample": sample_call(dep, city)},
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
+        else:
+            print_summary(dep, outcomes, data_dir)
+        if check:
+            console.print("demo check: " + ("[green]passed[/green]" if ok else "[red]FAILED[/red]"))
+            return 0 if ok else 1
+        if not as_json:
+            console.print("running; press Ctrl-C to stop")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        return 0
+    finally:
+        await asyncio.to_thread(dep.stop)
+        for r in runners:
+            await r.cleanup()
+
+
+def run_demo(
+    *, data_dir: Path, base_port: int, check: bool, as_json: bool, database_url: str | None = None
+) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return asyncio.run(_run(data_dir, base_port, check, as_json, database_url))
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sys.stdout.flush()

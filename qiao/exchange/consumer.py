@@ -1,0 +1,306 @@
+"""The consumer side of an exchange: a department app calls its own node.
+
+The node authenticates the app, checks the global configuration (the consumer node rejects
+early what the provider would refuse anyway), finds the provider's node and calls it over
+mutual TLS, pinned to the certificate fingerprints the signed configuration lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+from qiao import problems
+from qiao.config import NodeSettings
+from qiao.db import utcnow
+from qiao.exchange import protocol as p
+from qiao.exchange.keys import ApiKeyService
+from qiao.exchange.records import Record, RecordWriter
+from qiao.exchange.relay import (
+    RequestBody,
+    ResponseOutcome,
+    problem_response,
+    relay_response,
+    upstream_failure,
+)
+from qiao.globalconf import GlobalConf, NodeEntry
+from qiao.node.confcache import ConfigurationCache
+from qiao.node.identity import NodeIdentity
+from qiao.problems import Problem
+
+log = logging.getLogger("qiao.exchange.consumer")
+
+
+class PinnedFingerprints(aiohttp.Fingerprint):
+    """aiohttp's fingerprint check, widened to a set (a node may hold two certificates while
+    it rotates). An empty set trusts nothing."""
+
+    def __init__(self, allowed: frozenset[bytes]) -> None:
+        super().__init__(next(iter(allowed), b"\0" * 32))
+        self._allowed = allowed
+
+    def check(self, transport: object) -> None:
+        sslobj = transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+        got = hashlib.sha256(der).digest() if der else b""
+        if got not in self._allowed:
+            host, port, *_ = transport.get_extra_info("peername")  # type: ignore[attr-defined]
+            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
+
+
+class PinningConnector(aiohttp.TCPConnector):
+    """Checks the provider node's certificate against the configuration's fingerprints right
+    after the TLS handshake, before any request byte is sent. (Relies on aiohttp's
+    ``_get_fingerprint`` hook; aiohttp is pinned and tests/exchange cover the refusal.)"""
+
+    def __init__(self, pins: Callable[[str, int], frozenset[bytes]], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._pins = pins
+
+    def _get_fingerprint(self, req: aiohttp.ClientRequest) -> aiohttp.Fingerprint | None:
+        return PinnedFingerprints(self._pins(req.url.host or "", req.port or 443))
+
+
+class ConsumerGateway:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        identity: NodeIdentity,
+        conf: ConfigurationCache,
+        keys: ApiKeyService,
+        writer: RecordWriter,
+        ssl_context: object,
+    ) -> None:
+        self._settings = settings
+        self._identity = identity
+        self._conf = conf
+        self._keys = keys
+        self._writer = writer
+        self._ssl = ssl_context
+        self._pins: dict[tuple[str, int], frozenset[bytes]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        conf.listeners.append(self._on_configuration)
+        if conf.current is not None:
+            self._on_configuration(conf.current)
+
+    def _on_configuration(self, conf: GlobalConf) -> None:
+        pins: dict[tuple[str, int], frozenset[bytes]] = {}
+        for nodes in conf.nodes_by_org.values():
+            for node in nodes:
+                url = aiohttp.client.URL(node.address)
+                key = (url.host or "", url.port or 443)
+                pins[key] = pins.get(key, frozenset()) | {
+                    bytes.fromhex(f) for f in node.fingerprints
+                }
+        if self._session is not None and pins != self._pins:
+            # Pooled connections were pinned under the old configuration: start afresh so a
+            # revoked or replaced provider certificate is not used again.
+            old = self._session
+            self._session = self._new_session()
+            self._close_later(old)
+        self._pins = pins
+
+    def _close_later(self, session: aiohttp.ClientSession) -> None:
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(session.close())
+        task.add_done_callback(lambda _t: None)
+
+    def _pin(self, host: str, port: int) -> frozenset[bytes]:
+        return self._pins.get((host, port), frozenset())
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = PinningConnector(self._pin, ssl=self._ssl, limit=0, keepalive_timeout=60)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10, sock_read=self._settings.provider_timeout_seconds
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def start(self) -> None:
+        self._session = self._new_session()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started, t0 = utcnow(), time.perf_counter()
+        headers = request.headers
+        rec = Record(
+            exchange_id="",
+            role="consumer",
+            client=(headers.get(p.H_CLIENT) or "")[:200],
+            provider_org="",
+            resource="",
+            method=request.method,
+            path=request.path_qs[:2000],
+            started_at=started,
+        )
+        body = RequestBody(request, self._settings.max_body_bytes, problems.BODY_TOO_LARGE)
+        outcome = ResponseOutcome()
+        out_headers: dict[str, str] = {}
+
+        async def finish() -> None:
+            rec.duration_ms = (time.perf_counter() - t0) * 1000
+            rec.request_bytes, rec.response_bytes = body.size, outcome.size
+            rec.response_hash = outcome.sha256
+            await self._writer.write(rec)
+
+        try:
+            rec.exchange_id = p.exchange_id(headers.get(p.H_ID))
+            out_headers[p.H_ID] = rec.exchange_id
+            target = p.parse_target(request.path)
+            rec.provider_org, rec.resource = target.provider_org, target.resource
+            client = p.parse_client(headers.get(p.H_CLIENT))
+            rec.purpose = p.optional_text(p.H_PURPOSE, headers.get(p.H_PURPOSE))
+            rec.end_user = p.optional_text(p.H_USER, headers.get(p.H_USER))
+            self._authenticate(request, client)
+            conf = self._conf.usable()
+            provider = self._route(conf, client, target)
+            rec.peer_node = provider.name
+            return await self._forward(
+                request, target, client, provider, body, rec, outcome, out_headers, finish
+            )
+        except Problem as refused:
+            problem = body.problem() if body.over_limit else refused
+            rec.status, rec.problem_type = problem.status, problem.kind.uri
+            resp = problem_response(problem, out_headers)
+            outcome.size = len(resp.body) if isinstance(resp.body, bytes) else 0
+            await finish()
+            return resp
+
+    def _authenticate(self, request: web.Request, client: p.Client) -> None:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            raise Problem(problems.MISSING_CREDENTIAL, "send Authorization: Bearer <API key>")
+        if str(client).rsplit("/", 1)[0] + "/" != self._identity.client_id_prefix:
+            raise Problem(
+                problems.UNKNOWN_CLIENT,
+                f"{client} is not an app of this node's organization {self._identity.org}",
+            )
+        owner = self._keys.client_for(auth[7:].strip())
+        if owner is None or owner != str(client):
+            raise Problem(
+                problems.BAD_CREDENTIAL,
+                "the API key is unknown, expired, revoked, or belongs to another app",
+            )
+
+    def _route(self, conf: GlobalConf, client: p.Client, target: p.Target) -> NodeEntry:
+        if str(client) not in conf.apps:
+            raise Problem(problems.UNKNOWN_CLIENT, f"{client} is not registered at the hub")
+        if target.provider_org not in conf.org_names:
+            raise Problem(problems.UNKNOWN_PROVIDER, f"no organization {target.provider_org}")
+        resource = conf.resources.get((target.provider_org, target.resource))
+        if resource is None:
+            raise Problem(
+                problems.UNKNOWN_RESOURCE,
+                f"{target.provider_org} provides no resource {target.resource!r}",
+            )
+        if not resource.allows(str(client)):
+            raise Problem(
+                problems.NOT_ALLOWED,
+                f"{client} may not use {target.provider_org}/{target.resource}",
+            )
+        for node in conf.nodes_by_org.get(target.provider_org, ()):
+            if node.fingerprints:
+                return node
+        raise Problem(
+            problems.PROVIDER_UNREACHABLE,
+            f"{target.provider_org} has no node with a valid certificate",
+        )
+
+    async def _forward(
+        self,
+        request: web.Request,
+        target: p.Target,
+        client: p.Client,
+        provider: NodeEntry,
+        body: RequestBody,
+        rec: Record,
+        outcome: ResponseOutcome,
+        out_headers: dict[str, str],
+        finish: Callable[[], object],
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        fwd = {h: v for h in p.FORWARD_REQUEST_HEADERS if (v := request.headers.get(h))}
+        fwd[p.H_CLIENT] = str(client)
+        fwd[p.H_ID] = rec.exchange_id
+        if rec.purpose:
+            fwd[p.H_PURPOSE] = rec.purpose
+        if rec.end_user:
+            fwd[p.H_USER] = rec.end_user
+        url = f"{provider.address}{request.path}"
+        data = await body.open()
+        try:
+            upstream = await self._session.request(
+                request.method,
+                url,
+                params=request.rel_url.query,
+                data=data,
+                headers=fwd,
+                allow_redirects=False,
+            )
+        except Problem:
+            raise
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise Problem(
+                problems.PROVIDER_NOT_TRUSTED,
+                f"node {provider.name} presented a certificate not in the configuration",
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise Problem(
+                problems.PROVIDER_NOT_TRUSTED, f"TLS with node {provider.name} failed: {exc}"
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if body.over_limit:
+                raise body.problem() from exc
+            raise upstream_failure(
+                exc,
+                problems.PROVIDER_UNREACHABLE,
+                problems.PROVIDER_TIMEOUT,
+                f"node {provider.name}",
+            ) from exc
+        async with upstream:
+            rec.status = upstream.status
+            rec.request_hash = p.request_hash(
+                request.method, request.path_qs, rec.exchange_id, str(client), body.sha256
+            )
+            theirs = upstream.headers.get(p.H_REQUEST_HASH, "")
+            # A provider may refuse before reading the body (and then cannot hash it), but an
+            # answer it stands behind must name the request it answered.
+            if (theirs or upstream.status < 400) and theirs != rec.request_hash:
+                raise Problem(
+                    problems.REQUEST_HASH_MISMATCH,
+                    f"node {provider.name} hashed the request as {theirs}, "
+                    f"this node as {rec.request_hash}",
+                )
+            out_headers[p.H_REQUEST_HASH] = rec.request_hash
+
+            async def before_end() -> None:
+                rec.problem_type = outcome.problem_type
+                await finish()  # type: ignore[misc]
+
+            try:
+                return await relay_response(request, upstream, out_headers, outcome, before_end)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The provider dropped the response midway: record it as such.
+                rec.status = 502
+                rec.problem_type = problems.PROVIDER_UNREACHABLE.uri
+                log.warning(
+                    "exchange %s: response from %s broke off: %s",
+                    rec.exchange_id,
+                    provider.name,
+                    exc,
+                )
+                await finish()  # type: ignore[misc]
+                raise

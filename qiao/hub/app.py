@@ -1,0 +1,263 @@
+"""The hub (交换中心): the control plane's HTTP API, composed from the domain services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qiao import __version__, problems
+from qiao.config import HubSettings
+from qiao.db import make_engine, migrate, session_factory
+from qiao.problems import PROBLEM_CONTENT_TYPE, Problem
+from qiao.registry.services import HubKeys, RegistryService
+
+log = logging.getLogger("qiao.hub")
+
+
+def problem_response(p: Problem, instance: str | None = None) -> Response:
+    return Response(p.to_json(instance), status_code=p.status, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def open_registry(settings: HubSettings, *, run_migrations: bool = True) -> RegistryService:
+    """Open (and if needed create) the hub's database and keys."""
+    if run_migrations:
+        migrate("hub", settings.database_url)
+    engine = make_engine(settings.database_url)
+    keys = HubKeys.load_or_create(settings.data_dir, settings.instance)
+    return RegistryService(
+        session_factory(engine),
+        keys,
+        instance=settings.instance,
+        token_ttl=timedelta(seconds=settings.enrollment_token_ttl_seconds),
+        certificate_days=settings.node_certificate_days,
+    )
+
+
+# --- request and response bodies ----------------------------------------------------------
+class OrganizationIn(BaseModel):
+    code: str = Field(description="Unified social credit code (GB 32100)")
+    name: str = Field(min_length=1, max_length=200)
+    name_en: str = ""
+    kind: str = Field("government", pattern=r"^(government|enterprise|bank|institution)$")
+
+
+class AppIn(BaseModel):
+    code: str
+    name: str = ""
+
+
+class ResourceIn(BaseModel):
+    org: str
+    code: str
+    name: str = ""
+    allowed_clients: list[str] = Field(default_factory=list)
+
+
+class ClientIn(BaseModel):
+    client: str
+
+
+class EnrollIn(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+    node_name: str
+    address: str = Field(description="https://host:port where other nodes reach this node")
+    csr: str = Field(max_length=20000, description="PEM certificate signing request")
+
+
+class RevokeIn(BaseModel):
+    reason: str = Field("unspecified", max_length=200)
+
+
+def create_app(settings: HubSettings, registry: RegistryService | None = None) -> FastAPI:
+    registry = registry or open_registry(settings)
+    app = FastAPI(
+        title="Qiao hub",
+        version=__version__,
+        description="Control plane of the Qiao data exchange: registry, trust and the signed "
+        "global configuration. Errors are RFC 9457 problem+json.",
+    )
+    app.state.registry = registry
+    _install_problem_handlers(app)
+
+    def operator(authorization: Annotated[str | None, Header()] = None) -> None:
+        """Administrative calls need an operator token: ``Authorization: Bearer qop_...``."""
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Problem(problems.UNAUTHORIZED, "send Authorization: Bearer <operator token>")
+        if not registry.check_operator_token(authorization[7:].strip()):
+            raise Problem(problems.FORBIDDEN, "the operator token is not valid")
+
+    op: list[Any] = [Depends(operator)]
+
+    @app.get("/healthz", tags=["health"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "serial": registry.serial()}
+
+    @app.get("/api/v1/global-configuration", tags=["trust"])
+    def global_configuration(request: Request) -> Response:
+        """The signed global configuration every node fetches (cacheable by serial)."""
+        signed = registry.signed_global_conf()
+        etag = f'"{signed["document"]["serial"]}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return JSONResponse(signed, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+    @app.post("/api/v1/enroll", tags=["trust"], status_code=201)
+    def enroll(body: EnrollIn) -> dict[str, Any]:
+        """A node exchanges a one-time enrollment token and a CSR for its certificate."""
+        e = registry.enroll(body.token, body.csr, body.node_name, body.address)
+        log.info("node %s of %s enrolled", e.node_name, e.org)
+        return {
+            "node_name": e.node_name,
+            "org": e.org,
+            "instance": e.instance,
+            "certificate": e.certificate_pem,
+            "ca_certificate": e.ca_pem,
+            "configuration_key": e.configuration_key,
+        }
+
+    @app.get("/api/v1/organizations", tags=["registry"], dependencies=op)
+    def organizations() -> list[dict[str, Any]]:
+        apps = registry.list_apps()
+        return [
+            {
+                "code": o.code,
+                "name": o.name,
+                "name_en": o.name_en,
+                "kind": o.kind,
+                "apps": [a.code for a in apps if a.org_code == o.code],
+            }
+            for o in registry.list_organizations()
+        ]
+
+    @app.post("/api/v1/organizations", tags=["registry"], dependencies=op, status_code=201)
+    def add_organization(body: OrganizationIn) -> dict[str, str]:
+        org = registry.add_organization(body.code, body.name, name_en=body.name_en, kind=body.kind)
+        return {"code": org.code, "name": org.name}
+
+    @app.post(
+        "/api/v1/organizations/{org}/apps", tags=["registry"], dependencies=op, status_code=201
+    )
+    def add_app(org: str, body: AppIn) -> dict[str, str]:
+        a = registry.add_app(org, body.code, body.name)
+        return {"client": f"{registry.instance}/{a.org_code}/{a.code}"}
+
+    @app.post(
+        "/api/v1/organizations/{org}/enrollment-tokens",
+        tags=["trust"],
+        dependencies=op,
+        status_code=201,
+    )
+    def enrollment_token(org: str) -> dict[str, str]:
+        token, expires = registry.create_enrollment_token(org)
+        return {"token": token, "expires_at": expires.isoformat()}
+
+    @app.get("/api/v1/nodes", tags=["registry"], dependencies=op)
+    def nodes() -> list[dict[str, Any]]:
+        return [
+            {
+                "name": n.name,
+                "org": n.org_code,
+                "address": n.address,
+                "certificates": [
+                    {
+                        "serial": c.serial,
+                        "fingerprint": c.fingerprint,
+                        "not_after": c.not_after.isoformat(),
+                        "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
+                    }
+                    for c in certs
+                ],
+            }
+            for n, certs in registry.list_nodes()
+        ]
+
+    @app.post("/api/v1/certificates/{serial}/revoke", tags=["trust"], dependencies=op)
+    def revoke(serial: str, body: RevokeIn) -> dict[str, list[str]]:
+        return {"revoked": registry.revoke(serial, body.reason)}
+
+    @app.get("/api/v1/resources", tags=["registry"], dependencies=op)
+    def resources() -> list[dict[str, Any]]:
+        return [
+            {"org": r.org_code, "code": r.code, "name": r.name, "allowed_clients": allowed}
+            for r, allowed in registry.list_resources()
+        ]
+
+    @app.post("/api/v1/resources", tags=["registry"], dependencies=op, status_code=201)
+    def add_resource(body: ResourceIn) -> dict[str, str]:
+        r = registry.add_resource(body.org, body.code, body.name)
+        for client in body.allowed_clients:
+            registry.allow(r.org_code, r.code, client)
+        return {"org": r.org_code, "code": r.code}
+
+    @app.post(
+        "/api/v1/resources/{org}/{code}/clients",
+        tags=["registry"],
+        dependencies=op,
+        status_code=201,
+    )
+    def allow(org: str, code: str, body: ClientIn) -> dict[str, str]:
+        registry.allow(org, code, body.client)
+        return {"allowed": body.client}
+
+    @app.delete(
+        "/api/v1/resources/{org}/{code}/clients/{client:path}",
+        tags=["registry"],
+        dependencies=op,
+        status_code=204,
+    )
+    def disallow(org: str, code: str, client: str) -> Response:
+        registry.disallow(org, code, client)
+        return Response(status_code=204)
+
+    return app
+
+
+def _install_problem_handlers(app: FastAPI) -> None:
+    def handler(
+        status_map: Callable[[Request, Any], Problem],
+    ) -> Callable[[Request, Any], Any]:
+        async def handle(request: Request, exc: Any) -> Response:
+            return problem_response(status_map(request, exc), request.url.path)
+
+        return handle
+
+    def from_problem(_r: Request, exc: Problem) -> Problem:
+        return exc
+
+    def from_validation(_r: Request, exc: RequestValidationError) -> Problem:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
+                "rule": e["type"],
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return Problem(problems.VALIDATION, detail, {"errors": errors})
+
+    def from_http(_r: Request, exc: StarletteHTTPException) -> Problem:
+        kind = {
+            404: problems.NOT_FOUND,
+            401: problems.UNAUTHORIZED,
+            403: problems.FORBIDDEN,
+            405: problems.METHOD_NOT_ALLOWED,
+        }.get(exc.status_code, problems.VALIDATION)
+        return Problem(kind, str(exc.detail))
+
+    def from_error(r: Request, exc: Exception) -> Problem:
+        log.exception("unhandled error on %s", r.url.path)
+        return Problem(problems.INTERNAL, "the hub failed; the operator can see the log")
+
+    app.add_exception_handler(Problem, handler(from_problem))
+    app.add_exception_handler(RequestValidationError, handler(from_validation))
+    app.add_exception_handler(StarletteHTTPException, handler(from_http))
+    app.add_exception_handler(Exception, handler(from_error))

@@ -1,0 +1,193 @@
+"""A department's node: the app-facing listener and the mutual-TLS peer listener.
+
+Composes the exchange gateways with the node's stores and its copy of the global
+configuration. Two listeners, because they face two networks: apps reach the node on the
+department's own network, other nodes reach it over mutual TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from qiao import __version__, pki, problems
+from qiao.config import NodeSettings
+from qiao.db import make_engine, migrate
+from qiao.exchange.consumer import ConsumerGateway
+from qiao.exchange.keys import ApiKeyService
+from qiao.exchange.provider import ProviderGateway
+from qiao.exchange.records import RecordWriter
+from qiao.exchange.relay import problem_response
+from qiao.node.confcache import ConfigurationCache, fetch_loop, fetch_once
+from qiao.node.identity import NodeIdentity
+from qiao.problems import Problem
+
+log = logging.getLogger("qiao.node")
+
+
+@dataclass
+class Node:
+    settings: NodeSettings
+    identity: NodeIdentity
+    conf: ConfigurationCache
+    keys: ApiKeyService
+    writer: RecordWriter
+    consumer: ConsumerGateway
+    provider: ProviderGateway
+    runners: list[web.AppRunner] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    hub_session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def open(cls, settings: NodeSettings) -> Node:
+        identity = NodeIdentity.load(settings.data_dir)
+        migrate("node", settings.database_url)
+        engine = make_engine(settings.database_url)
+        conf = ConfigurationCache(
+            settings.data_dir,
+            public_key=identity.configuration_key,
+            instance=identity.instance,
+            grace_seconds=settings.config_grace_seconds,
+        )
+        keys = ApiKeyService(engine)
+        writer = RecordWriter(engine)
+        ssl_client = pki.client_context(identity.cert_file, identity.key_file, identity.ca_file)
+        consumer = ConsumerGateway(settings, identity, conf, keys, writer, ssl_client)
+        provider = ProviderGateway(settings, identity, conf, writer)
+        return cls(settings, identity, conf, keys, writer, consumer, provider)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        status = self.conf.status()
+        ok = bool(status["valid"])
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "version": __version__,
+            "node": self.identity.name,
+            "org": self.identity.org,
+            "instance": self.identity.instance,
+            "configuration": status,
+            "records_written": self.writer.written,
+        }
+        if not ok:
+            body["reason"] = (
+                "no global configuration received yet"
+                if status["serial"] is None
+                else "the global configuration expired: "
+                + (status["last_error"] or "hub unreachable")
+            )
+        return (200 if ok else 503), body
+
+    def app_listener(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes + 1, middlewares=[_problem_middleware]
+        )
+
+        async def health(_r: web.Request) -> web.Response:
+            code, body = self.health()
+            return web.Response(
+                body=orjson.dumps(body), status=code, content_type="application/json"
+            )
+
+        app.router.add_get("/healthz", health)
+        app.router.add_route("*", "/r1/{tail:.*}", self.consumer.handle)
+        return app
+
+    def peer_listener(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes + 1, middlewares=[_problem_middleware]
+        )
+        app.router.add_route("*", "/r1/{tail:.*}", self.provider.handle)
+        return app
+
+    async def start(self) -> None:
+        s = self.settings
+        self.hub_session = aiohttp.ClientSession()
+        # One fetch before serving, so a fresh node does not refuse its first calls.
+        await fetch_once(self.conf, f"{s.hub_url}/api/v1/global-configuration", self.hub_session)
+        await self.consumer.start()
+        await self.provider.start()
+        ssl_server = pki.server_context(
+            self.identity.cert_file, self.identity.key_file, self.identity.ca_file
+        )
+        for app, host, port, ssl in (
+            (self.app_listener(), s.host, s.port, None),
+            (self.peer_listener(), s.peer_host, s.peer_port, ssl_server),
+        ):
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, host, port, ssl_context=ssl, backlog=1024).start()
+            self.runners.append(runner)
+        self.tasks.append(
+            asyncio.create_task(
+                fetch_loop(self.conf, s.hub_url, s.config_refresh_seconds, self.hub_session)
+            )
+        )
+        log.info(
+            "node %s (%s) serving apps on %s:%d and peers on %s:%d",
+            self.identity.name,
+            self.identity.org,
+            s.host,
+            s.port,
+            s.peer_host,
+            s.peer_port,
+        )
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for runner in self.runners:
+            await runner.cleanup()
+        await self.consumer.close()
+        await self.provider.close()
+        if self.hub_session:
+            await self.hub_session.close()
+        self.writer.close()
+
+
+@web.middleware
+async def _problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Whatever goes wrong outside the gateways still answers as problem+json."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except Problem as p:
+        return problem_response(p)
+    except web.HTTPRequestEntityTooLarge:
+        return problem_response(Problem(problems.BODY_TOO_LARGE))
+    except web.HTTPNotFound:
+        return problem_response(
+            Problem(problems.BAD_PATH, f"{request.path!r}: exchanges go to /r1/...")
+        )
+    except web.HTTPException as exc:
+        return problem_response(Problem(problems.BAD_HEADER, exc.reason))
+
+
+async def serve(settings: NodeSettings) -> None:
+    """Run the node until SIGINT or SIGTERM."""
+    node = Node.open(settings)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("node %s stopping", node.identity.name)
+    await node.stop()
+
+
+def run(settings: NodeSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ImportError:
+        asyncio.run(serve(settings))

@@ -1,0 +1,189 @@
+"""The node's copy of the signed global configuration, and its grace period.
+
+The node fetches the configuration from the hub, verifies the hub's signature, and keeps the
+last good one on disk. It keeps serving on that copy while the hub is unreachable, until
+``grace`` seconds have passed since the hub was last reached; health says how long is left.
+A configuration with a bad signature, from another instance, or older than the one held is
+refused and the last good one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from qiao import problems, signing
+from qiao.globalconf import KIND, GlobalConf
+from qiao.problems import Problem, ProblemType
+
+log = logging.getLogger("qiao.node.configuration")
+CACHE_FILE = "global-configuration.json"
+
+
+class ConfigurationCache:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        public_key: str,
+        instance: str,
+        grace_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._path = data_dir / CACHE_FILE
+        self._key = signing.public_key_from_text(public_key)
+        self._instance = instance
+        self.grace_seconds = grace_seconds
+        self._clock = clock
+        self.current: GlobalConf | None = None
+        self._envelope: Any = None  # the signed form of ``current``, as saved to disk
+        self.last_reached: float | None = None  # wall-clock time the hub last answered
+        self.last_error = ""
+        self.listeners: list[Callable[[GlobalConf], None]] = []
+        self._load()
+
+    def _load(self) -> None:
+        if not self._path.exists():
+            return
+        try:
+            saved = json.loads(self._path.read_text())
+            self.current = self._verify(saved["envelope"])
+            self._envelope = saved["envelope"]
+            self.last_reached = float(saved["last_reached"])
+        except (ValueError, KeyError, TypeError) as exc:
+            # A damaged cache must not be trusted; the next fetch replaces it.
+            log.error("ignoring the cached global configuration: %s", exc)
+            self.current, self.last_reached = None, None
+
+    def _verify(self, envelope: Any) -> GlobalConf:
+        doc = signing.verify_document(envelope, self._key, kind=KIND)
+        conf = GlobalConf.compile(doc)
+        if conf.instance != self._instance:
+            raise ValueError(f"configuration is for instance {conf.instance}, not {self._instance}")
+        return conf
+
+    def _save(self) -> None:
+        assert self.current is not None
+        tmp = self._path.with_suffix(".tmp")
+        data = {"envelope": self._envelope, "last_reached": self.last_reached}
+        with open(tmp, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._path)
+
+    def accept(self, envelope: Any) -> GlobalConf:
+        """Verify and adopt a configuration the hub sent. Raises ``ValueError`` if refused."""
+        try:
+            conf = self._verify(envelope)
+        except ValueError as exc:
+            self.last_error = f"refused a configuration from the hub: {exc}"
+            log.error(
+                "%s; keeping serial %s",
+                self.last_error,
+                self.current.serial if self.current else None,
+            )
+            raise
+        if self.current is not None and conf.serial < self.current.serial:
+            self.last_error = (
+                f"refused configuration serial {conf.serial}: older than {self.current.serial}"
+            )
+            raise ValueError(self.last_error)
+        changed = self.current is None or conf.serial != self.current.serial
+        self.current, self._envelope = conf, envelope
+        self.reached()
+        if changed:
+            for listener in self.listeners:
+                listener(conf)
+        return conf
+
+    def reached(self) -> None:
+        """The hub answered (perhaps with "not modified"): the grace period starts again."""
+        self.last_reached = self._clock()
+        self.last_error = ""
+        if self.current is not None:
+            self._save()
+
+    def remaining(self) -> float:
+        if self.last_reached is None:
+            return 0.0
+        return max(0.0, self.last_reached + self.grace_seconds - self._clock())
+
+    def usable(self, expired: ProblemType = problems.CONFIGURATION_EXPIRED) -> GlobalConf:
+        """The configuration to decide with, or a problem saying why there is none."""
+        conf = self.current
+        if conf is None:
+            raise Problem(
+                problems.NO_CONFIGURATION,
+                "this node has not yet received a global configuration from the hub",
+            )
+        if self.remaining() <= 0:
+            raise Problem(
+                expired,
+                f"the hub was last reached {_ago(self.last_reached)}; the grace period of "
+                f"{self.grace_seconds:.0f} s is over ({self.last_error or 'hub unreachable'})",
+            )
+        return conf
+
+    def status(self) -> dict[str, Any]:
+        conf = self.current
+        remaining = self.remaining()
+        return {
+            "serial": conf.serial if conf else None,
+            "issued_at": conf.issued_at.isoformat() if conf else None,
+            "last_reached": _iso(self.last_reached),
+            "grace_seconds": self.grace_seconds,
+            "grace_remaining_seconds": round(remaining, 1),
+            "expires_at": _iso(self.last_reached + self.grace_seconds)
+            if self.last_reached
+            else None,
+            "valid": conf is not None and remaining > 0,
+            "last_error": self.last_error,
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+
+
+def _ago(ts: float | None) -> str:
+    return "never" if ts is None else f"at {_iso(ts)}"
+
+
+async def fetch_loop(
+    cache: ConfigurationCache, hub_url: str, interval: float, session: aiohttp.ClientSession
+) -> None:
+    """Fetch the configuration every ``interval`` seconds until cancelled."""
+    url = f"{hub_url}/api/v1/global-configuration"
+    while True:
+        await fetch_once(cache, url, session)
+        await asyncio.sleep(interval)
+
+
+async def fetch_once(cache: ConfigurationCache, url: str, session: aiohttp.ClientSession) -> None:
+    headers = {"If-None-Match": f'"{cache.current.serial}"'} if cache.current else {}
+    try:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
+            if r.status == 304:
+                cache.reached()
+                return
+            if r.status != 200:
+                cache.last_error = f"hub answered {r.status} for the configuration"
+                return
+            envelope = await r.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        cache.last_error = f"hub unreachable: {exc.__class__.__name__}: {exc}"
+        return
+    try:
+        cache.accept(envelope)
+    except ValueError:
+        return

@@ -1,0 +1,445 @@
+"""Registry and trust: organizations, apps, nodes, the internal CA and the global configuration.
+
+Every change bumps the registry revision, which is the serial of the next signed global
+configuration; nodes notice the new serial on their next fetch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from qiao import pki, problems, signing
+from qiao.catalog.validators import InvalidCode, validate_uscc
+from qiao.db import utcnow
+from qiao.globalconf import KIND
+from qiao.problems import Problem
+from qiao.registry.models import (
+    App,
+    Certificate,
+    EnrollmentToken,
+    Node,
+    OperatorToken,
+    Organization,
+    RegistryRevision,
+    Resource,
+    ResourceClient,
+)
+
+_CODE_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _hash(secret: str) -> str:
+    # Tokens are 256-bit random strings, so a plain SHA-256 is a sufficient stored form: there
+    # is nothing to brute-force (unlike passwords, which get Argon2id in the identity domain).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _check_code(kind: str, code: str) -> str:
+    if not code or len(code) > 64 or any(c not in _CODE_CHARS for c in code.lower()):
+        raise Problem(
+            problems.VALIDATION,
+            f"{kind} code {code!r} must be 1-64 characters of letters, digits, '-' and '_'",
+        )
+    return code
+
+
+def check_uscc(code: str) -> str:
+    try:
+        return validate_uscc(code)
+    except InvalidCode as exc:
+        raise Problem(problems.INVALID_USCC, f"{code!r}: {exc}") from exc
+
+
+@dataclass
+class HubKeys:
+    """The hub's key material: the CA that issues node certificates and the key that signs
+    the global configuration. Kept apart so that either can be rotated on its own."""
+
+    ca_key: Any
+    ca_cert: x509.Certificate
+    conf_key: Ed25519PrivateKey
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path, instance: str) -> HubKeys:
+        ca_key_file, ca_file = data_dir / "ca.key", data_dir / "ca.pem"
+        conf_file = data_dir / "configuration-signing.key"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if not ca_file.exists():
+            key, cert = pki.create_ca(f"Qiao {instance} node CA")
+            pki.write_private(ca_key_file, pki.key_to_pem(key))
+            ca_file.write_bytes(pki.cert_to_pem(cert))
+        if not conf_file.exists():
+            pki.write_private(conf_file, signing.signing_key_to_pem(signing.generate_signing_key()))
+        return cls(
+            ca_key=pki.load_key_pem(ca_key_file.read_bytes()),
+            ca_cert=pki.load_cert_pem(ca_file.read_bytes()),
+            conf_key=signing.load_signing_key_pem(conf_file.read_bytes()),
+        )
+
+    @property
+    def conf_public_text(self) -> str:
+        return signing.public_key_to_text(self.conf_key.public_key())
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    node_name: str
+    org: str
+    certificate_pem: str
+    ca_pem: str
+    configuration_key: str
+    instance: str
+
+
+class RegistryService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        keys: HubKeys,
+        *,
+        instance: str,
+        token_ttl: timedelta = timedelta(days=7),
+        certificate_days: int = 365,
+    ) -> None:
+        self._sessions = sessions
+        self.keys = keys
+        self.instance = instance
+        self._token_ttl = token_ttl
+        self._certificate_days = certificate_days
+        self._signed_lock = threading.Lock()
+        self._signed: tuple[int, dict[str, Any]] | None = None
+
+    # --- organizations, apps, resources --------------------------------------------------
+    def add_organization(
+        self, code: str, name: str, *, name_en: str = "", kind: str = "government"
+    ) -> Organization:
+        code = check_uscc(code)
+        if not name.strip():
+            raise Problem(problems.VALIDATION, "organization name must not be empty")
+        with self._sessions.begin() as s:
+            if s.get(Organization, code) is not None:
+                raise Problem(problems.CONFLICT, f"organization {code} is already registered")
+            org = Organization(code=code, name=name.strip(), name_en=name_en, kind=kind)
+            s.add(org)
+            self._bump(s)
+        return org
+
+    def list_organizations(self) -> list[Organization]:
+        with self._sessions() as s:
+            return list(s.scalars(select(Organization).order_by(Organization.code)))
+
+    def _org(self, s: Session, code: str) -> Organization:
+        org = s.get(Organization, code.upper())
+        if org is None:
+            raise Problem(problems.NOT_FOUND, f"no organization {code}")
+        return org
+
+    def add_app(self, org_code: str, code: str, name: str = "") -> App:
+        _check_code("app", code)
+        with self._sessions.begin() as s:
+            org = self._org(s, org_code).code  # a plain str stays readable after a rollback
+            app = App(org_code=org, code=code, name=name)
+            s.add(app)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise Problem(problems.CONFLICT, f"app {code} exists in {org}") from exc
+            self._bump(s)
+        return app
+
+    def list_apps(self, org_code: str | None = None) -> list[App]:
+        with self._sessions() as s:
+            q = select(App).order_by(App.org_code, App.code)
+            if org_code:
+                q = q.where(App.org_code == org_code.upper())
+            return list(s.scalars(q))
+
+    def add_resource(self, org_code: str, code: str, name: str = "") -> Resource:
+        _check_code("resource", code)
+        with self._sessions.begin() as s:
+            org = self._org(s, org_code).code
+            res = Resource(org_code=org, code=code, name=name)
+            s.add(res)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise Problem(problems.CONFLICT, f"resource {code} exists in {org}") from exc
+            self._bump(s)
+        return res
+
+    def _resource(self, s: Session, org_code: str, code: str) -> Resource:
+        res = s.scalar(
+            select(Resource).where(Resource.org_code == org_code.upper(), Resource.code == code)
+        )
+        if res is None:
+            raise Problem(problems.NOT_FOUND, f"no resource {org_code}/{code}")
+        return res
+
+    def allow(self, org_code: str, code: str, client: str) -> None:
+        """Let ``client`` (``{instance}/{org}/{app}`` or ``{instance}/{org}``) use a resource."""
+        parts = client.split("/")
+        if len(parts) not in (2, 3) or parts[0] != self.instance:
+            raise Problem(
+                problems.VALIDATION,
+                f"client {client!r} must be {self.instance}/{{org}}[/{{app}}]",
+            )
+        with self._sessions.begin() as s:
+            self._org(s, parts[1])
+            res = self._resource(s, org_code, code)
+            if client not in {c.client for c in res.allowed}:
+                res.allowed.append(ResourceClient(client=client))
+                self._bump(s)
+
+    def disallow(self, org_code: str, code: str, client: str) -> None:
+        with self._sessions.begin() as s:
+            res = self._resource(s, org_code, code)
+            res.allowed = [c for c in res.allowed if c.client != client]
+            self._bump(s)
+
+    def list_resources(self) -> list[tuple[Resource, list[str]]]:
+        with self._sessions() as s:
+            rows = s.scalars(select(Resource).order_by(Resource.org_code, Resource.code))
+            return [(r, [c.client for c in r.allowed]) for r in rows]
+
+    # --- enrollment and certificates -----------------------------------------------------
+    def create_enrollment_token(self, org_code: str) -> tuple[str, datetime]:
+        """A one-time token for ``org_code``'s node to enroll; only its hash is stored."""
+        token = "qet_" + secrets.token_urlsafe(32)
+        expires = utcnow() + self._token_ttl
+        with self._sessions.begin() as s:
+            org = self._org(s, org_code)
+            s.add(EnrollmentToken(org_code=org.code, token_hash=_hash(token), expires_at=expires))
+        return token, expires
+
+    def enroll(self, token: str, csr_pem: str, node_name: str, address: str) -> Enrollment:
+        """Issue a certificate to a new node of the token's organization (token used once)."""
+        _check_code("node", node_name)
+        host = _address_host(address)
+        try:
+            csr = pki.load_csr_pem(csr_pem.encode())
+        except pki.CertificateError as exc:
+            raise Problem(problems.BAD_CSR, str(exc)) from exc
+        now = utcnow()
+        with self._sessions.begin() as s:
+            # The conditional UPDATE makes "use once" hold under concurrent enrollments too.
+            used = s.execute(
+                update(EnrollmentToken)
+                .where(
+                    EnrollmentToken.token_hash == _hash(token),
+                    EnrollmentToken.used_at.is_(None),
+                    EnrollmentToken.expires_at > now,
+                )
+                .values(used_at=now, used_by_node=node_name)
+                .returning(EnrollmentToken.org_code)
+            ).scalar_one_or_none()
+            if used is None:
+                raise Problem(problems.BAD_ENROLLMENT_TOKEN)
+            node = s.scalar(select(Node).where(Node.name == node_name))
+            if node is None:
+                node = Node(name=node_name, org_code=used, address=address)
+                s.add(node)
+                s.flush()
+            elif node.org_code != used:
+                raise Problem(problems.CONFLICT, f"node name {node_name} belongs to another org")
+            else:
+                node.address = address
+            try:
+                cert = pki.issue_node_certificate(
+                    self.keys.ca_key,
+                    self.keys.ca_cert,
+                    csr,
+                    node_name=node_name,
+                    org_code=used,
+                    hosts=[host],
+                    days=self._certificate_days,
+                )
+            except pki.CertificateError as exc:
+                raise Problem(problems.BAD_CSR, str(exc)) from exc
+            s.add(
+                Certificate(
+                    serial=pki.serial_hex(cert),
+                    node_id=node.id,
+                    fingerprint=pki.fingerprint(cert),
+                    pem=pki.cert_to_pem(cert).decode(),
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                )
+            )
+            self._bump(s)
+            org = used
+        return Enrollment(
+            node_name=node_name,
+            org=org,
+            certificate_pem=pki.cert_to_pem(cert).decode(),
+            ca_pem=pki.cert_to_pem(self.keys.ca_cert).decode(),
+            configuration_key=self.keys.conf_public_text,
+            instance=self.instance,
+        )
+
+    def revoke(self, serial_or_node: str, reason: str = "unspecified") -> list[str]:
+        """Revoke a certificate by serial, or every certificate of a node by its name."""
+        with self._sessions.begin() as s:
+            certs = list(
+                s.scalars(
+                    select(Certificate).where(
+                        Certificate.serial == serial_or_node.lower(),
+                        Certificate.revoked_at.is_(None),
+                    )
+                )
+            )
+            if not certs:
+                certs = list(
+                    s.scalars(
+                        select(Certificate)
+                        .join(Node, Node.id == Certificate.node_id)
+                        .where(Node.name == serial_or_node, Certificate.revoked_at.is_(None))
+                    )
+                )
+            if not certs:
+                raise Problem(problems.NOT_FOUND, f"no valid certificate for {serial_or_node!r}")
+            for c in certs:
+                c.revoked_at = utcnow()
+                c.revocation_reason = reason
+            self._bump(s)
+            return [c.serial for c in certs]
+
+    def list_nodes(self) -> list[tuple[Node, list[Certificate]]]:
+        with self._sessions() as s:
+            nodes = list(s.scalars(select(Node).order_by(Node.name)))
+            certs = list(s.scalars(select(Certificate).order_by(Certificate.not_before)))
+        by_node: dict[int, list[Certificate]] = {}
+        for c in certs:
+            by_node.setdefault(c.node_id, []).append(c)
+        return [(n, by_node.get(n.id, [])) for n in nodes]
+
+    # --- operator tokens -----------------------------------------------------------------
+    def create_operator_token(self, label: str) -> str:
+        token = "qop_" + secrets.token_urlsafe(32)
+        with self._sessions.begin() as s:
+            s.add(OperatorToken(label=label, token_hash=_hash(token)))
+        return token
+
+    def check_operator_token(self, token: str) -> bool:
+        with self._sessions() as s:
+            row = s.scalar(
+                select(OperatorToken.id).where(
+                    OperatorToken.token_hash == _hash(token), OperatorToken.revoked_at.is_(None)
+                )
+            )
+        return row is not None
+
+    # --- the signed global configuration ---------------------------------------------------
+    def serial(self) -> int:
+        with self._sessions() as s:
+            rev = s.get(RegistryRevision, 1)
+            return rev.serial if rev else 1
+
+    def _bump(self, s: Session) -> None:
+        rev = s.get(RegistryRevision, 1, with_for_update=True)
+        if rev is None:
+            s.add(RegistryRevision(id=1, serial=2, changed_at=utcnow()))
+        else:
+            rev.serial += 1
+            rev.changed_at = utcnow()
+
+    def global_conf_document(self) -> dict[str, Any]:
+        with self._sessions() as s:
+            rev = s.get(RegistryRevision, 1)
+            orgs = list(s.scalars(select(Organization).order_by(Organization.code)))
+            apps = list(s.scalars(select(App).order_by(App.org_code, App.code)))
+            nodes = list(s.scalars(select(Node).order_by(Node.name)))
+            certs = list(s.scalars(select(Certificate).order_by(Certificate.serial)))
+            resources = list(s.scalars(select(Resource).order_by(Resource.org_code, Resource.code)))
+            allowed = {r.id: [c.client for c in r.allowed] for r in resources}
+        apps_by_org: dict[str, list[str]] = {}
+        for a in apps:
+            apps_by_org.setdefault(a.org_code, []).append(a.code)
+        certs_by_node: dict[int, list[Certificate]] = {}
+        for c in certs:
+            certs_by_node.setdefault(c.node_id, []).append(c)
+        return {
+            "instance": self.instance,
+            "serial": rev.serial if rev else 1,
+            "issued_at": utcnow().isoformat(),
+            "organizations": [
+                {
+                    "code": o.code,
+                    "name": o.name,
+                    "name_en": o.name_en,
+                    "kind": o.kind,
+                    "apps": apps_by_org.get(o.code, []),
+                }
+                for o in orgs
+            ],
+            "nodes": [
+                {
+                    "name": n.name,
+                    "org": n.org_code,
+                    "address": n.address,
+                    "certificates": [
+                        {
+                            "serial": c.serial,
+                            "fingerprint": c.fingerprint,
+                            "not_after": c.not_after.isoformat(),
+                        }
+                        for c in certs_by_node.get(n.id, [])
+                        if c.revoked_at is None
+                    ],
+                }
+                for n in nodes
+            ],
+            "ca_certificates": [pki.cert_to_pem(self.keys.ca_cert).decode()],
+            "revoked": [
+                {
+                    "serial": c.serial,
+                    "fingerprint": c.fingerprint,
+                    "revoked_at": c.revoked_at.isoformat(),
+                    "reason": c.revocation_reason,
+                }
+                for c in certs
+                if c.revoked_at is not None
+            ],
+            "resources": [
+                {
+                    "org": r.org_code,
+                    "code": r.code,
+                    "name": r.name,
+                    "allowed_clients": allowed[r.id],
+                }
+                for r in resources
+            ],
+        }
+
+    def signed_global_conf(self) -> dict[str, Any]:
+        """The current signed configuration, re-signed only when the serial changes."""
+        serial = self.serial()
+        with self._signed_lock:
+            if self._signed is None or self._signed[0] != serial:
+                doc = self.global_conf_document()
+                self._signed = (
+                    doc["serial"],
+                    signing.sign_document(self.keys.conf_key, doc, kind=KIND),
+                )
+            return self._signed[1]
+
+
+def _address_host(address: str) -> str:
+    parts = urlsplit(address)
+    if parts.scheme != "https" or not parts.hostname or parts.port is None:
+        raise Problem(
+            problems.VALIDATION, f"node address {address!r} must look like https://host:port"
+        )
+    return parts.hostname

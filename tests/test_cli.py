@@ -1,0 +1,74 @@
+"""The command line: every command explains itself, and admin commands work on a hub's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from qiao.cli import app
+from qiao.demo.processes import write_toml
+
+runner = CliRunner()
+ORG = "91350100M000100Y43"
+
+
+def _all_commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [path]
+    if isinstance(cmd, click.Group):
+        for name, sub in cmd.commands.items():
+            out += _all_commands(sub, (*path, name))
+    return out
+
+
+@pytest.mark.parametrize("path", _all_commands(get_command(app)), ids=" ".join)
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    r = runner.invoke(app, [*path, "--help"])
+    assert r.exit_code == 0, r.output
+    cmd: click.Command = get_command(app)
+    for name in path:
+        assert isinstance(cmd, click.Group)
+        cmd = cmd.commands[name]
+    assert cmd.help and len(cmd.help.strip()) > 10, f"{' '.join(path)} has no help text"
+
+
+def test_hub_administration(tmp_path: Path) -> None:
+    cfg = write_toml(tmp_path / "hub.toml", {"data_dir": str(tmp_path), "instance": "CN-T"})
+    hub = ["hub", "--config", str(cfg)]
+    r = runner.invoke(app, [*hub, "init"])
+    assert r.exit_code == 0 and "operator token (shown once): qop_" in r.output
+    r = runner.invoke(app, [*hub, "org", "add", ORG[:-1] + "4", "错误代码"])
+    assert r.exit_code == 2 and "check character" in r.output
+    assert runner.invoke(app, [*hub, "org", "add", ORG, "甲单位"]).exit_code == 0
+    assert runner.invoke(app, [*hub, "app", "add", ORG, "portal"]).exit_code == 0
+    r = runner.invoke(app, [*hub, "resource", "add", ORG, "records", "--allow",
+                            f"CN-T/{ORG}/portal"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*hub, "resource", "list"])
+    assert f"CN-T/{ORG}/portal" in r.output
+    r = runner.invoke(app, [*hub, "enroll-token", ORG])
+    assert r.exit_code == 0 and r.stdout.strip().startswith("qet_")
+    r = runner.invoke(app, [*hub, "enroll-token", "91110000802100433B"])
+    assert r.exit_code == 2 and "no organization" in r.output
+    r = runner.invoke(app, [*hub, "revoke", "no-such-node"])
+    assert r.exit_code == 2
+
+
+def test_bad_configuration_is_reported(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('port = "not a port"\n')
+    r = runner.invoke(app, ["hub", "--config", str(cfg), "nodes"])
+    assert r.exit_code == 1 and "configuration" in r.output
+    cfg.write_text('unknown_setting = 1\n')
+    r = runner.invoke(app, ["hub", "--config", str(cfg), "nodes"])
+    assert r.exit_code == 1 and "unknown_setting" in r.output
+
+
+def test_node_without_enrollment_says_so(tmp_path: Path) -> None:
+    cfg = write_toml(tmp_path / "node.toml", {"data_dir": str(tmp_path)})
+    r = runner.invoke(app, ["node", "--config", str(cfg), "key", "create", "portal"])
+    assert r.exit_code != 0
+    assert "qiao node enroll" in str(r.exception) + r.output

@@ -1,0 +1,22 @@
+from pathlib import Path
+
+from qiao import problems
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "problems.md"
+
+
+def test_every_problem_type_is_documented_and_unique() -> None:
+    uris = [p.uri for p in problems.ALL]
+    assert len(uris) == len(set(uris))
+    text = DOC.read_text()
+    for p in problems.ALL:
+        assert f"`{p.uri}` | {p.status} |" in text, f"{p.uri} missing from docs/problems.md"
+        assert p.side in ("client", "consumer", "provider", "hub")
+        assert 400 <= p.status < 600
+
+
+def test_problem_body() -> None:
+    p = problems.Problem(problems.NOT_ALLOWED, "no", {"extra": 1})
+    assert p.to_dict("/r1/x") == {"type": "urn:qiao:problem:client:not-allowed",
+                                  "title": problems.NOT_ALLOWED.title, "status": 403,
+                                  "detail": "no", "instance": "/r1/x", "extra": 1}
