@@ -8,15 +8,24 @@ import orjson
 import uvloop
 from aiohttp import web
 
-RECORD = orjson.dumps({
-    "plate": "粤B12345",
-    "violations": [{
-        "record_id": "V2026110100001", "plate": "粤B12345", "code": "1625",
-        "description": "驾驶机动车违反道路交通信号灯通行", "occurred_at": "2026-11-01T08:15:00+08:00",
-        "location": "桥城市滨江区江南大道与长河路交叉口", "fine_yuan": 200, "points": 6,
-        "handled": False,
-    }],
-})
+RECORD = orjson.dumps(
+    {
+        "plate": "粤B12345",
+        "violations": [
+            {
+                "record_id": "V2026110100001",
+                "plate": "粤B12345",
+                "code": "1625",
+                "description": "驾驶机动车违反道路交通信号灯通行",
+                "occurred_at": "2026-11-01T08:15:00+08:00",
+                "location": "桥城市滨江区江南大道与长河路交叉口",
+                "fine_yuan": 200,
+                "points": 6,
+                "handled": False,
+            }
+        ],
+    }
+)
 
 
 async def violations(_r: web.Request) -> web.Response:

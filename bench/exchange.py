@@ -31,10 +31,12 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qiao.db import make_engine  # noqa: E402
-from qiao.demo.city import Deployment  # noqa: E402
-from qiao.demo.processes import free_port  # noqa: E402
-from qiao.exchange.models import ExchangeRecord  # noqa: E402
+import contextlib
+
+from qiao.db import make_engine
+from qiao.demo.city import Deployment
+from qiao.demo.processes import free_port
+from qiao.exchange.models import ExchangeRecord
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
@@ -48,9 +50,13 @@ def parse_wrk(out: str) -> dict[str, Any]:
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"requests_per_s": rps, **pct, "requests": int(total.group(1)) if total else None,
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "requests_per_s": rps,
+        **pct,
+        "requests": int(total.group(1)) if total else None,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 def wrk(url: str, headers: dict[str, str], connections: int, duration: int) -> dict[str, Any]:
@@ -63,13 +69,18 @@ def wrk(url: str, headers: dict[str, str], connections: int, duration: int) -> d
 
 def machine() -> dict[str, Any]:
     cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "system": platform.platform()}
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
 
 
 def main() -> None:
@@ -83,10 +94,14 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="qiao-bench-"))
     port = free_port()
-    backend = subprocess.Popen([sys.executable, str(Path(__file__).with_name("backend.py")),
-                                str(port)])
-    dep = Deployment(data_dir=tmp / "city", backend_urls={"police": f"http://127.0.0.1:{port}"},
-                     node_settings={"log_level": "warning"})
+    backend = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("backend.py")), str(port)]
+    )
+    dep = Deployment(
+        data_dir=tmp / "city",
+        backend_urls={"police": f"http://127.0.0.1:{port}"},
+        node_settings={"log_level": "warning"},
+    )
     try:
         dep.prepare()
         reg = dep.start_hub()
@@ -100,9 +115,11 @@ def main() -> None:
         direct_url = f"http://127.0.0.1:{port}/violations?plate=B12345"
         t = dep.nodes["transport"]
         qiao_url = f"{t.url}/r1/{dep.codes['police']}/vehicle-violations?plate=B12345"
-        headers = {"X-Qiao-Client": dep.client("transport", "traffic-enforcement"),
-                   "Authorization": f"Bearer {t.api_keys['traffic-enforcement']}",
-                   "X-Qiao-Purpose": "benchmark"}
+        headers = {
+            "X-Qiao-Client": dep.client("transport", "traffic-enforcement"),
+            "Authorization": f"Bearer {t.api_keys['traffic-enforcement']}",
+            "X-Qiao-Purpose": "benchmark",
+        }
         assert httpx.get(qiao_url, headers=headers).status_code == 200
 
         wrk(direct_url, {}, args.connections, args.warmup)
@@ -119,8 +136,11 @@ def main() -> None:
             "direct": direct,
             "qiao": full,
             "throughput_ratio": round(full["requests_per_s"] / direct["requests_per_s"], 3),
-            "added_latency_ms": {k: round(full[k] - direct[k], 3)
-                                 for k in ("p50_ms", "p99_ms") if k in full and k in direct},
+            "added_latency_ms": {
+                k: round(full[k] - direct[k], 3)
+                for k in ("p50_ms", "p99_ms")
+                if k in full and k in direct
+            },
             "records_written": {"warmup": mid - before, "measured": after - mid},
             "machine": machine(),
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -51,7 +51,7 @@ class _FileSettings(BaseSettings):
         return tuple(sources)
 
     @classmethod
-    def load(cls, config_file: Path | None = None, **overrides: Any) -> Any:
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Self:
         """Read settings from ``config_file`` (if given), the environment and ``overrides``."""
         if config_file is not None and not config_file.is_file():
             raise FileNotFoundError(f"configuration file not found: {config_file}")

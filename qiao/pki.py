@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 import ssl
 import tempfile
@@ -17,11 +18,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey
+
+# RFC 1123 §2.1 host names (letters, digits, hyphens; no wildcards: a node is one host).
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?\Z"
+)
 
 
 class CertificateError(ValueError):
@@ -87,6 +95,24 @@ def _check_public_key(key: object) -> None:
         raise CertificateError(f"key type {type(key).__name__} is not accepted")
 
 
+def _subject_alt_names(hosts: list[str]) -> list[x509.GeneralName]:
+    # RFC 5280 §4.2.1.6: a subjectAltName extension must hold at least one name, and an IP
+    # address goes in iPAddress, never as text in dNSName.
+    if not hosts:
+        raise CertificateError("a node certificate needs at least one host name or IP address")
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            if not _HOSTNAME.match(host):
+                raise CertificateError(
+                    f"{host!r} is neither an IP address nor a host name"
+                ) from None
+            sans.append(x509.DNSName(host.rstrip(".").lower()))
+    return sans
+
+
 def issue_node_certificate(
     ca_key: PrivateKey,
     ca_cert: x509.Certificate,
@@ -99,17 +125,28 @@ def issue_node_certificate(
     serial: int | None = None,
 ) -> x509.Certificate:
     """Issue a node certificate for the CSR's key; the hub decides the subject."""
+    # The CSR's self-signature is the requester's proof that it holds the private key
+    # (RFC 2986 §3); without it anyone could get a certificate for someone else's public key.
     if not csr.is_signature_valid:
         raise CertificateError("the CSR's signature does not verify (proof of possession)")
     public_key = csr.public_key()
     _check_public_key(public_key)
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
+    sans = _subject_alt_names(hosts)
+    if days < 1:
+        raise CertificateError(f"a certificate must be valid for at least one day, not {days}")
+    if serial is not None and not 0 < serial < 1 << 159:
+        raise CertificateError("a serial number must be positive and at most 20 octets")
+    if ca_cert.public_key() != ca_key.public_key():
+        raise CertificateError("the CA key does not belong to the CA certificate")
     now = datetime.now(UTC)
+    # RFC 5280 §6.1.3: a certificate outliving its issuer fails path validation anyway, so it
+    # says so rather than promise days it cannot have.
+    not_after = min(now + timedelta(days=days), ca_cert.not_valid_after_utc)
+    try:
+        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     return (
         x509.CertificateBuilder()
         .subject_name(
@@ -121,10 +158,10 @@ def issue_node_certificate(
             )
         )
         .issuer_name(ca_cert.subject)
-        .public_key(public_key)  # type: ignore[arg-type]
-        .serial_number(serial or _serial())
+        .public_key(public_key)
+        .serial_number(_serial() if serial is None else serial)
         .not_valid_before(now - timedelta(minutes=5))  # tolerate clock skew between machines
-        .not_valid_after(now + timedelta(days=days))
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -147,16 +184,16 @@ def issue_node_certificate(
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
+        # RFC 5280 §4.2.1.1: the authority key identifier repeats the issuer's own SKI.
+        .add_extension(aki, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
 
 def _serial() -> int:
-    # RFC 5280 §4.1.2.2: positive, at most 20 octets; 127 random bits leave room for the sign.
-    return secrets.randbits(127) | 1
+    # RFC 5280 §4.1.2.2: positive, at most 20 octets. 128 random bits fit in 17 DER octets and
+    # keep serials unpredictable (the CA/Browser Forum asks for ≥ 64 bits, since the MD5 rogue CA).
+    return 1 + secrets.randbelow((1 << 128) - 1)
 
 
 def fingerprint_der(der: bytes) -> str:
@@ -180,7 +217,7 @@ def key_to_pem(key: PrivateKey) -> bytes:
 def load_key_pem(data: bytes) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertificateError(f"not a usable private key: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertificateError("the private key is not an EC key")
@@ -219,9 +256,11 @@ def load_csr_pem(data: bytes) -> x509.CertificateSigningRequest:
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret atomically, readable by its owner only (mode 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp opens with O_CREAT|O_EXCL and mode 0600, so the secret is never readable by others,
+    # not even before a chmod; the temporary file sits beside the target so os.replace is a
+    # same-filesystem rename and a crash leaves either the old file or the new one, never half.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -230,11 +269,18 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
 
 
 def server_context(cert_file: Path, key_file: Path, ca_file: Path) -> ssl.SSLContext:
     """The provider side of node-to-node TLS: a client certificate from the hub CA is required
     (RFC 8446 §4.3.2, CertificateRequest)."""
+    # Not ssl.create_default_context: it also trusts the system's public CAs, and any
+    # certificate they issue must not pass for a node.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_file, key_file)

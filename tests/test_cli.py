@@ -44,8 +44,9 @@ def test_hub_administration(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "check character" in r.output
     assert runner.invoke(app, [*hub, "org", "add", ORG, "甲单位"]).exit_code == 0
     assert runner.invoke(app, [*hub, "app", "add", ORG, "portal"]).exit_code == 0
-    r = runner.invoke(app, [*hub, "resource", "add", ORG, "records", "--allow",
-                            f"CN-T/{ORG}/portal"])
+    r = runner.invoke(
+        app, [*hub, "resource", "add", ORG, "records", "--allow", f"CN-T/{ORG}/portal"]
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*hub, "resource", "list"])
     assert f"CN-T/{ORG}/portal" in r.output
@@ -62,7 +63,7 @@ def test_bad_configuration_is_reported(tmp_path: Path) -> None:
     cfg.write_text('port = "not a port"\n')
     r = runner.invoke(app, ["hub", "--config", str(cfg), "nodes"])
     assert r.exit_code == 1 and "configuration" in r.output
-    cfg.write_text('unknown_setting = 1\n')
+    cfg.write_text("unknown_setting = 1\n")
     r = runner.invoke(app, ["hub", "--config", str(cfg), "nodes"])
     assert r.exit_code == 1 and "unknown_setting" in r.output
 

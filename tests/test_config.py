@@ -8,8 +8,10 @@ from qiao.demo.processes import write_toml
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = write_toml(tmp_path / "n.toml", {"port": 9100, "data_dir": str(tmp_path),
-                                           "services": {"violations": {"url": "http://a"}}})
+    cfg = write_toml(
+        tmp_path / "n.toml",
+        {"port": 9100, "data_dir": str(tmp_path), "services": {"violations": {"url": "http://a"}}},
+    )
     monkeypatch.setenv("QIAO_PORT", "9200")
     monkeypatch.setenv("QIAO_SERVICES__BIKES__URL", "http://b")
     s = NodeSettings.load(cfg)

@@ -209,11 +209,15 @@ class Deployment:
             if d.key in self.node_database_urls:
                 values["database_url"] = self.node_database_urls[d.key]
             backend = self.backend_urls.get(d.key)
-            if backend and d.resources:
-                values["services"] = {
+            services: dict[str, Any] = {}
+            if backend:
+                services = {
                     code: {"url": backend + path, "timeout_seconds": 10.0}
                     for code, (_n, path) in d.resources.items()
                 }
+            services.update(self.extra_services.get(d.key, {}))
+            if services:
+                values["services"] = services
             config = write_toml(node_dir / "node.toml", values)
             token, _exp = reg.create_enrollment_token(org)
             enroll(

@@ -16,6 +16,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from yarl import URL
 
 from qiao.db import make_engine
 from qiao.demo import backends
@@ -41,7 +42,8 @@ async def start_backends(city: DemoCity, base_port: int) -> tuple[dict[str, str]
         "market": backends.market_regulation(city),
         "health": backends.health(city),
     }
-    urls, runners = {}, []
+    urls: dict[str, str] = {}
+    runners: list[web.AppRunner] = []
     for i, (dept, app) in enumerate(apps.items()):
         port = base_port + 50 + i if base_port else free_port()
         runner = web.AppRunner(app, access_log=None)
@@ -55,7 +57,7 @@ def sample_call(dep: Deployment, city: DemoCity) -> dict[str, Any]:
     """A working exchange: the transport bureau looks up a vehicle's violations."""
     plate = city.violations[0].plate
     node = dep.nodes["transport"]
-    url = aiohttp.client.URL(f"{node.url}/r1/{dep.codes['police']}/vehicle-violations")
+    url = URL(f"{node.url}/r1/{dep.codes['police']}/vehicle-violations")
     return {
         "method": "GET",
         "url": str(url.with_query(plate=plate)),
@@ -87,7 +89,9 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
             xid = r.headers.get("X-Qiao-Id", "")
             rhash = r.headers.get("X-Qiao-Request-Hash", "")
             expected = [v for v in city.violations if v.plate == city.violations[0].plate]
-            ok = r.status == 200 and len(body.get("violations", [])) == len(expected) and rhash
+            ok = (
+                r.status == 200 and len(body.get("violations", [])) == len(expected) and bool(rhash)
+            )
             out.append(
                 Outcome(
                     "transport → public security: vehicle violations",
@@ -109,7 +113,7 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
         url = f"{bank.url}/r1/{dep.codes['market']}/enterprise-credit/{ent.uscc}"
         async with http.get(url, headers=headers) as r:
             body = await _json(r)
-            ok = r.status == 200 and body.get("name") == ent.name
+            ok = bool(r.status == 200 and body.get("name") == ent.name)
             out.append(
                 Outcome(
                     "bank → market regulation: enterprise credit",

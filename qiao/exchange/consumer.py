@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from qiao import problems
 from qiao.config import NodeSettings
@@ -92,7 +93,7 @@ class ConsumerGateway:
         pins: dict[tuple[str, int], frozenset[bytes]] = {}
         for nodes in conf.nodes_by_org.values():
             for node in nodes:
-                url = aiohttp.client.URL(node.address)
+                url = URL(node.address)
                 key = (url.host or "", url.port or 443)
                 pins[key] = pins.get(key, frozenset()) | {
                     bytes.fromhex(f) for f in node.fingerprints

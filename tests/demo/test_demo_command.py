@@ -18,20 +18,30 @@ def _qiao(*args: str) -> list[str]:
 
 
 def test_demo_check_passes(tmp_path: Path) -> None:
-    r = subprocess.run(_qiao("demo", "--check", "--base-port", "0", "--data-dir",
-                             str(tmp_path / "demo")),
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        _qiao("demo", "--check", "--base-port", "0", "--data-dir", str(tmp_path / "demo")),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo check: passed" in r.stderr
-    for expected in ["vehicle violations", "enterprise credit", "not allowed",
-                     "both nodes recorded"]:
+    for expected in [
+        "vehicle violations",
+        "enterprise credit",
+        "not allowed",
+        "both nodes recorded",
+    ]:
         assert expected in r.stderr
 
 
 def test_demo_json_gives_a_working_sample_and_stops_cleanly(tmp_path: Path) -> None:
-    proc = subprocess.Popen(_qiao("demo", "--json", "--base-port", "0", "--data-dir",
-                                  str(tmp_path / "demo")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _qiao("demo", "--json", "--base-port", "0", "--data-dir", str(tmp_path / "demo")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -59,7 +69,11 @@ def test_demo_json_gives_a_working_sample_and_stops_cleanly(tmp_path: Path) -> N
 
 def test_demo_refuses_to_delete_a_directory_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
-    r = subprocess.run(_qiao("demo", "--check", "--base-port", "0", "--data-dir", str(tmp_path)),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        _qiao("demo", "--check", "--base-port", "0", "--data-dir", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "not a demo data directory" in r.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"

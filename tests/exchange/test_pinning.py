@@ -12,8 +12,15 @@ from qiao.exchange.consumer import PinningConnector
 
 def _issue(ca_key, ca, tmp: Path, name: str) -> tuple[Path, Path, bytes]:  # type: ignore[no-untyped-def]
     key = pki.generate_private_key()
-    cert = pki.issue_node_certificate(ca_key, ca, pki.create_csr(key, name, "X"), node_name=name,
-                                      org_code="X", hosts=["127.0.0.1"], days=1)
+    cert = pki.issue_node_certificate(
+        ca_key,
+        ca,
+        pki.create_csr(key, name, "X"),
+        node_name=name,
+        org_code="X",
+        hosts=["127.0.0.1"],
+        days=1,
+    )
     (tmp / f"{name}.pem").write_bytes(pki.cert_to_pem(cert))
     (tmp / f"{name}.key").write_bytes(pki.key_to_pem(key))
     return tmp / f"{name}.pem", tmp / f"{name}.key", bytes.fromhex(pki.fingerprint(cert))
@@ -34,8 +41,8 @@ async def test_only_the_pinned_certificate_is_talked_to(tmp_path: Path) -> None:
         writer.close()
 
     server = await asyncio.start_server(
-        handle, "127.0.0.1", 0,
-        ssl=pki.server_context(server_cert, server_key, tmp_path / "ca.pem"))
+        handle, "127.0.0.1", 0, ssl=pki.server_context(server_cert, server_key, tmp_path / "ca.pem")
+    )
     port = server.sockets[0].getsockname()[1]
     ctx = pki.client_context(client_cert, client_key, tmp_path / "ca.pem")
     pins = {("127.0.0.1", port): frozenset({other_fp})}

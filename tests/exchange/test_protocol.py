@@ -18,8 +18,16 @@ def test_target_split() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/r2/" + ORG + "/x", "/r1/short/x", "/r1/" + ORG, "/r1/" + ORG + "/bad resource",
-     "/r1/" + ORG + "/x/../admin", "/r1/" + ORG + "/x/./y", "r1/" + ORG + "/x", "/r1//x"],
+    [
+        "/r2/" + ORG + "/x",
+        "/r1/short/x",
+        "/r1/" + ORG,
+        "/r1/" + ORG + "/bad resource",
+        "/r1/" + ORG + "/x/../admin",
+        "/r1/" + ORG + "/x/./y",
+        "r1/" + ORG + "/x",
+        "/r1//x",
+    ],
 )
 def test_bad_paths_are_refused(path: str) -> None:
     with pytest.raises(Problem) as e:

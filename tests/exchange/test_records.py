@@ -9,9 +9,17 @@ from qiao.exchange.records import Record, RecordWriter, recent_records
 
 
 def _rec(i: int) -> Record:
-    return Record(exchange_id=f"x{i}", role="consumer", client="CN/X/a", provider_org="P",
-                  resource="r", method="GET", path="/r1/P/r", started_at=datetime.now(UTC),
-                  status=200)
+    return Record(
+        exchange_id=f"x{i}",
+        role="consumer",
+        client="CN/X/a",
+        provider_org="P",
+        resource="r",
+        method="GET",
+        path="/r1/P/r",
+        started_at=datetime.now(UTC),
+        status=200,
+    )
 
 
 async def test_every_awaited_record_is_committed(db_url: str) -> None:

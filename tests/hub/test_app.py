@@ -30,12 +30,19 @@ def _problem(r, status: int, type_: str) -> dict:  # type: ignore[no-untyped-def
 def test_administration_needs_an_operator_token(hub: tuple[TestClient, str]) -> None:
     client, token = hub
     body = {"code": ORG, "name": "甲"}
-    _problem(client.post("/api/v1/organizations", json=body), 401, "urn:qiao:problem:hub:unauthorized")
-    _problem(client.post("/api/v1/organizations", json=body,
-                         headers={"Authorization": "Bearer qop_wrong"}),
-             403, "urn:qiao:problem:hub:forbidden")
-    ok = client.post("/api/v1/organizations", json=body,
-                     headers={"Authorization": f"Bearer {token}"})
+    _problem(
+        client.post("/api/v1/organizations", json=body), 401, "urn:qiao:problem:hub:unauthorized"
+    )
+    _problem(
+        client.post(
+            "/api/v1/organizations", json=body, headers={"Authorization": "Bearer qop_wrong"}
+        ),
+        403,
+        "urn:qiao:problem:hub:forbidden",
+    )
+    ok = client.post(
+        "/api/v1/organizations", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
     assert ok.status_code == 201
     for path in ["/api/v1/organizations", "/api/v1/nodes", "/api/v1/resources"]:
         _problem(client.get(path), 401, "urn:qiao:problem:hub:unauthorized")
@@ -44,45 +51,68 @@ def test_administration_needs_an_operator_token(hub: tuple[TestClient, str]) -> 
 def test_errors_are_problem_json(hub: tuple[TestClient, str]) -> None:
     client, token = hub
     auth = {"Authorization": f"Bearer {token}"}
-    p = _problem(client.post("/api/v1/organizations", json={"code": ORG[:-1] + "4", "name": "x"},
-                             headers=auth), 422, "urn:qiao:problem:hub:invalid-uscc")
+    p = _problem(
+        client.post(
+            "/api/v1/organizations", json={"code": ORG[:-1] + "4", "name": "x"}, headers=auth
+        ),
+        422,
+        "urn:qiao:problem:hub:invalid-uscc",
+    )
     assert "check character" in p["detail"]
-    p = _problem(client.post("/api/v1/organizations", json={"name": 5}, headers=auth),
-                 422, "urn:qiao:problem:hub:validation")
+    p = _problem(
+        client.post("/api/v1/organizations", json={"name": 5}, headers=auth),
+        422,
+        "urn:qiao:problem:hub:validation",
+    )
     assert {e["field"] for e in p["errors"]} >= {"code"}
-    _problem(client.post("/api/v1/organizations", content=b"{not json", headers=auth),
-             422, "urn:qiao:problem:hub:validation")
+    _problem(
+        client.post("/api/v1/organizations", content=b"{not json", headers=auth),
+        422,
+        "urn:qiao:problem:hub:validation",
+    )
     _problem(client.get("/no/such/thing"), 404, "urn:qiao:problem:hub:not-found")
-    _problem(client.post("/api/v1/organizations/NOPE/apps", json={"code": "a"}, headers=auth),
-             404, "urn:qiao:problem:hub:not-found")
+    _problem(
+        client.post("/api/v1/organizations/NOPE/apps", json={"code": "a"}, headers=auth),
+        404,
+        "urn:qiao:problem:hub:not-found",
+    )
 
 
 def test_enrollment_and_configuration_over_http(hub: tuple[TestClient, str]) -> None:
     client, token = hub
     auth = {"Authorization": f"Bearer {token}"}
-    assert client.post("/api/v1/organizations", json={"code": ORG, "name": "甲"},
-                       headers=auth).status_code == 201
+    assert (
+        client.post(
+            "/api/v1/organizations", json={"code": ORG, "name": "甲"}, headers=auth
+        ).status_code
+        == 201
+    )
     t = client.post(f"/api/v1/organizations/{ORG}/enrollment-tokens", headers=auth).json()
     csr = pki.csr_to_pem(pki.create_csr(pki.generate_private_key(), "n1", ORG)).decode()
-    body = {"token": t["token"], "node_name": "n1", "address": "https://127.0.0.1:9443",
-            "csr": csr}
+    body = {"token": t["token"], "node_name": "n1", "address": "https://127.0.0.1:9443", "csr": csr}
     r = client.post("/api/v1/enroll", json=body)
     assert r.status_code == 201, r.text
     assert r.json()["org"] == ORG
-    _problem(client.post("/api/v1/enroll", json=body), 403,
-             "urn:qiao:problem:hub:bad-enrollment-token")
+    _problem(
+        client.post("/api/v1/enroll", json=body), 403, "urn:qiao:problem:hub:bad-enrollment-token"
+    )
     conf = client.get("/api/v1/global-configuration")
     assert conf.status_code == 200
     etag = conf.headers["etag"]
-    assert client.get("/api/v1/global-configuration",
-                      headers={"If-None-Match": etag}).status_code == 304
+    assert (
+        client.get("/api/v1/global-configuration", headers={"If-None-Match": etag}).status_code
+        == 304
+    )
     nodes = client.get("/api/v1/nodes", headers=auth).json()
     serial = nodes[0]["certificates"][0]["serial"]
-    assert client.post(f"/api/v1/certificates/{serial}/revoke", json={"reason": "test"},
-                       headers=auth).json() == {"revoked": [serial]}
+    assert client.post(
+        f"/api/v1/certificates/{serial}/revoke", json={"reason": "test"}, headers=auth
+    ).json() == {"revoked": [serial]}
     # The revocation changed the configuration, so the old ETag no longer matches.
-    assert client.get("/api/v1/global-configuration",
-                      headers={"If-None-Match": etag}).status_code == 200
+    assert (
+        client.get("/api/v1/global-configuration", headers={"If-None-Match": etag}).status_code
+        == 200
+    )
 
 
 def test_openapi_document_lists_the_api(hub: tuple[TestClient, str]) -> None:

@@ -66,12 +66,19 @@ def lab_backend() -> web.Application:
         async for chunk in request.content.iter_chunked(65536):
             digest.update(chunk)
             size += len(chunk)
-        return web.json_response({
-            "size": size, "sha256": digest.hexdigest(), "query": dict(request.query),
-            "path": request.path,
-            "headers": {k: v for k, v in request.headers.items() if k.lower().startswith("x-")
-                        or k.lower() in ("authorization", "cookie")},
-        })
+        return web.json_response(
+            {
+                "size": size,
+                "sha256": digest.hexdigest(),
+                "query": dict(request.query),
+                "path": request.path,
+                "headers": {
+                    k: v
+                    for k, v in request.headers.items()
+                    if k.lower().startswith("x-") or k.lower() in ("authorization", "cookie")
+                },
+            }
+        )
 
     async def slow(_r: web.Request) -> web.Response:
         await asyncio.sleep(30)
@@ -109,8 +116,11 @@ class HubProxy:
                 raise ConnectionResetError
             if self.session is None:
                 self.session = aiohttp.ClientSession()
-            headers = {} if self.mode == "tamper" else {
-                k: v for k, v in request.headers.items() if k.lower() == "if-none-match"}
+            headers = (
+                {}
+                if self.mode == "tamper"
+                else {k: v for k, v in request.headers.items() if k.lower() == "if-none-match"}
+            )
             async with self.session.get(f"{self.hub_url}{request.path}", headers=headers) as r:
                 body = await r.read()
                 if self.mode == "tamper" and r.status == 200:
@@ -118,9 +128,13 @@ class HubProxy:
                     env["document"]["serial"] += 1000
                     env["document"]["organizations"][0]["name"] = "篡改"
                     body = orjson.dumps(env)
-                return web.Response(body=body, status=r.status,
-                                    headers={k: v for k, v in r.headers.items()
-                                             if k.lower() in ("etag", "content-type")})
+                return web.Response(
+                    body=body,
+                    status=r.status,
+                    headers={
+                        k: v for k, v in r.headers.items() if k.lower() in ("etag", "content-type")
+                    },
+                )
 
         app = web.Application()
         app.router.add_get("/api/v1/global-configuration", conf)
@@ -138,40 +152,54 @@ class City:
 
     def headers(self, dept: str, app: str, **extra: str) -> dict[str, str]:
         node = self.dep.nodes[dept]
-        return {"X-Qiao-Client": self.dep.client(dept, app),
-                "Authorization": f"Bearer {node.api_keys[app]}", **extra}
+        return {
+            "X-Qiao-Client": self.dep.client(dept, app),
+            "Authorization": f"Bearer {node.api_keys[app]}",
+            **extra,
+        }
 
     def url(self, consumer: str, provider: str, resource: str, rest: str = "") -> str:
         return f"{self.dep.nodes[consumer].url}/r1/{self.dep.codes[provider]}/{resource}{rest}"
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgres"])
-def city(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[City]:
+def city(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[City]:
     db = request.param
     data_dir: Path = tmp_path_factory.mktemp(f"city-{db}")
     dep = Deployment(data_dir=data_dir)
     if db == "postgres":
         dbs = request.getfixturevalue("pg_databases")
         dep.hub_database_url = dbs.new()
-        dep.node_database_urls = {k: dbs.new() for k in ("police", "transport", "market",
-                                                          "health", "bank")}
+        dep.node_database_urls = {
+            k: dbs.new() for k in ("police", "transport", "market", "health", "bank")
+        }
     demo = build_city()
     loop = LoopThread()
     lab = loop.serve(lab_backend())
-    dep.backend_urls = {"police": loop.serve(public_security(demo)),
-                        "market": loop.serve(market_regulation(demo))}
-    dep.extra_services = {"police": {
-        "echo": {"url": f"{lab}/echo"},
-        "slow": {"url": f"{lab}/slow", "timeout_seconds": 1.0},
-        "big": {"url": f"{lab}/big"},
-        "down": {"url": f"http://127.0.0.1:{free_port()}"},
-    }}
+    dep.backend_urls = {
+        "police": loop.serve(public_security(demo)),
+        "market": loop.serve(market_regulation(demo)),
+    }
+    dep.extra_services = {
+        "police": {
+            "echo": {"url": f"{lab}/echo"},
+            "slow": {"url": f"{lab}/slow", "timeout_seconds": 1.0},
+            "big": {"url": f"{lab}/big"},
+            "down": {"url": f"http://127.0.0.1:{free_port()}"},
+        }
+    }
     proxy = HubProxy("")
     try:
         reg = dep.start_hub()
         proxy.hub_url = dep.hub_url
-        dep.node_settings = {"hub_url": loop.serve(proxy.app()), "max_body_bytes": MAX_BODY,
-                             "config_refresh_seconds": 0.5, "config_grace_seconds": 6.0}
+        dep.node_settings = {
+            "hub_url": loop.serve(proxy.app()),
+            "max_body_bytes": MAX_BODY,
+            "config_refresh_seconds": 0.5,
+            "config_grace_seconds": 6.0,
+        }
         police = dep.codes["police"]
         for code in ("echo", "slow", "big", "down"):
             reg.add_resource(police, code)

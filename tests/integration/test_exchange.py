@@ -33,8 +33,13 @@ def records(city: City, dept: str, exchange_id: str) -> list[Any]:
     eng = make_engine(city.dep.node_db_url(dept))
     try:
         with eng.connect() as c:
-            return list(c.execute(select(ExchangeRecord.__table__)
-                                  .where(ExchangeRecord.exchange_id == exchange_id)).mappings())
+            return list(
+                c.execute(
+                    select(ExchangeRecord.__table__).where(
+                        ExchangeRecord.exchange_id == exchange_id
+                    )
+                ).mappings()
+            )
     finally:
         eng.dispose()
 
@@ -50,18 +55,23 @@ def count(city: City, dept: str) -> int:
 
 def test_violations_lookup_end_to_end(city: City) -> None:
     plate = city.city.violations[0].plate
-    r = httpx.get(city.url(*T[:1], "police", "vehicle-violations"), params={"plate": plate},
-                  headers=city.headers(*T, **{"X-Qiao-Purpose": "enforcement",
-                                              "X-Qiao-User": "officer-1"}))
+    r = httpx.get(
+        city.url(*T[:1], "police", "vehicle-violations"),
+        params={"plate": plate},
+        headers=city.headers(*T, **{"X-Qiao-Purpose": "enforcement", "X-Qiao-User": "officer-1"}),
+    )
     assert r.status_code == 200, r.text
     assert r.json()["plate"] == plate and r.json()["violations"]
     xid = r.headers["x-qiao-id"]
-    consumer, = records(city, "transport", xid)
-    provider, = records(city, "police", xid)
+    (consumer,) = records(city, "transport", xid)
+    (provider,) = records(city, "police", xid)
     assert consumer["role"] == "consumer" and provider["role"] == "provider"
     assert consumer["request_hash"] == provider["request_hash"] == r.headers["x-qiao-request-hash"]
-    assert consumer["response_hash"] == provider["response_hash"] == \
-        hashlib.sha256(r.content).hexdigest()
+    assert (
+        consumer["response_hash"]
+        == provider["response_hash"]
+        == hashlib.sha256(r.content).hexdigest()
+    )
     for rec in (consumer, provider):
         assert rec["status"] == 200 and rec["purpose"] == "enforcement"
         assert rec["end_user"] == "officer-1" and rec["resource"] == "vehicle-violations"
@@ -71,8 +81,12 @@ def test_violations_lookup_end_to_end(city: City) -> None:
 
 def test_caller_id_is_kept_and_headers_reach_the_backend(city: City) -> None:
     h = city.headers(*T, **{"X-Qiao-Id": "case-2026-0001", "Cookie": "secret=1"})
-    r = httpx.post(city.url("transport", "police", "echo", "/sub/path"), params={"q": "桥"},
-                   content=b"hello", headers=h)
+    r = httpx.post(
+        city.url("transport", "police", "echo", "/sub/path"),
+        params={"q": "桥"},
+        content=b"hello",
+        headers=h,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert r.headers["x-qiao-id"] == "case-2026-0001"
@@ -93,7 +107,8 @@ def test_caller_id_is_kept_and_headers_reach_the_backend(city: City) -> None:
         (lambda h: h.pop("Authorization"), 401, "client:missing-credential"),
         (lambda h: h.update({"Authorization": "Bearer qk_abc_def"}), 401, "client:bad-credential"),
         (lambda h: h.update({"X-Qiao-Id": "bad id"}), 400, "client:bad-header"),
-        (lambda h: h.update({"X-Qiao-User": "x\x7fy"}), 400, "client:bad-header"),
+        (lambda h: h.update({"X-Qiao-User": "x\ty"}), 400, "client:bad-header"),
+        (lambda h: h.update({"X-Qiao-Purpose": "p" * 201}), 400, "client:bad-header"),
     ],
 )
 def test_bad_client_requests(city: City, mutate: Any, status: int, type_: str) -> None:
@@ -103,34 +118,55 @@ def test_bad_client_requests(city: City, mutate: Any, status: int, type_: str) -
     problem(r, status, f"urn:qiao:problem:{type_}")
 
 
+def test_malformed_http_is_answered_and_harmless(city: City) -> None:
+    import socket
+
+    node = city.dep.nodes["transport"]
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+        s.sendall(b"GET /r1/x HTTP/1.1\r\nHost: a\r\nX-Qiao-User: a\x7fb\r\n\r\n")
+        assert s.recv(100).split(b" ", 2)[1] == b"400"
+    assert httpx.get(f"{node.url}/healthz").status_code == 200
+
+
 def test_apps_of_other_organizations_and_unregistered_apps(city: City) -> None:
     # The bank's key at the transport bureau's node: not this node's organization.
     h = city.headers("bank", "credit-check")
-    r = httpx.get(f"{city.dep.nodes['transport'].url}/r1/{city.dep.codes['police']}/echo",
-                  headers=h)
+    r = httpx.get(
+        f"{city.dep.nodes['transport'].url}/r1/{city.dep.codes['police']}/echo", headers=h
+    )
     problem(r, 403, "urn:qiao:problem:client:unknown-client")
     # A key for one app used under another app's name.
     h = city.headers(*T)
     h["X-Qiao-Client"] = h["X-Qiao-Client"].rsplit("/", 1)[0] + "/other-app"
-    problem(httpx.get(city.url("transport", "police", "echo"), headers=h), 401,
-            "urn:qiao:problem:client:bad-credential")
+    problem(
+        httpx.get(city.url("transport", "police", "echo"), headers=h),
+        401,
+        "urn:qiao:problem:client:bad-credential",
+    )
 
 
 def test_unknown_provider_and_resource(city: City) -> None:
     h = city.headers(*T)
     node = city.dep.nodes["transport"].url
-    problem(httpx.get(f"{node}/r1/91350100M000100Y43/x", headers=h), 404,
-            "urn:qiao:problem:client:unknown-provider")
-    problem(httpx.get(city.url("transport", "police", "no-such-resource"), headers=h), 404,
-            "urn:qiao:problem:client:unknown-resource")
+    problem(
+        httpx.get(f"{node}/r1/91350100M000100Y43/x", headers=h),
+        404,
+        "urn:qiao:problem:client:unknown-provider",
+    )
+    problem(
+        httpx.get(city.url("transport", "police", "no-such-resource"), headers=h),
+        404,
+        "urn:qiao:problem:client:unknown-resource",
+    )
     problem(httpx.get(f"{node}/r1/short/x", headers=h), 400, "urn:qiao:problem:client:bad-path")
     problem(httpx.get(f"{node}/elsewhere", headers=h), 400, "urn:qiao:problem:client:bad-path")
 
 
 def test_not_allowed_is_refused_by_the_consumer_node(city: City) -> None:
     h = city.headers("bank", "credit-check")
-    r = httpx.get(city.url("bank", "police", "vehicle-violations"), params={"plate": "x"},
-                  headers=h)
+    r = httpx.get(
+        city.url("bank", "police", "vehicle-violations"), params={"plate": "x"}, headers=h
+    )
     body = problem(r, 403, "urn:qiao:problem:client:not-allowed")
     assert "credit-check" in body["detail"]
     # Refused early: the provider never saw it.
@@ -140,13 +176,16 @@ def test_not_allowed_is_refused_by_the_consumer_node(city: City) -> None:
 
 def test_backend_down_and_slow(city: City) -> None:
     h = city.headers(*T)
-    problem(httpx.get(city.url("transport", "police", "down"), headers=h), 502,
-            "urn:qiao:problem:provider:backend-unavailable")
+    problem(
+        httpx.get(city.url("transport", "police", "down"), headers=h),
+        502,
+        "urn:qiao:problem:provider:backend-unavailable",
+    )
     t0 = time.monotonic()
     r = httpx.get(city.url("transport", "police", "slow"), headers=h, timeout=20)
     problem(r, 504, "urn:qiao:problem:provider:backend-timeout")
     assert time.monotonic() - t0 < 5  # the service's timeout is 1 s
-    rec, = records(city, "police", r.headers["x-qiao-id"])
+    (rec,) = records(city, "police", r.headers["x-qiao-id"])
     assert rec["status"] == 504 and rec["problem_type"].endswith("backend-timeout")
 
 
@@ -155,8 +194,11 @@ def test_body_limits(city: City) -> None:
     url = city.url("transport", "police", "echo")
     ok = httpx.post(url, content=b"a" * MAX_BODY, headers=h, timeout=30)
     assert ok.status_code == 200 and ok.json()["size"] == MAX_BODY
-    problem(httpx.post(url, content=b"a" * (MAX_BODY + 1), headers=h), 413,
-            "urn:qiao:problem:client:body-too-large")
+    problem(
+        httpx.post(url, content=b"a" * (MAX_BODY + 1), headers=h),
+        413,
+        "urn:qiao:problem:client:body-too-large",
+    )
 
     sent = 0
 
@@ -174,15 +216,19 @@ def test_body_limits(city: City) -> None:
         problem(r, 413, "urn:qiao:problem:client:body-too-large")
     # A large streamed body under the limit passes whole, hashed the same at both ends.
     payload = bytes(range(256)) * 3000
-    r = httpx.post(url, content=iter([payload[i:i + 10000] for i in range(0, len(payload), 10000)]),
-                   headers=h, timeout=30)
+    r = httpx.post(
+        url,
+        content=iter([payload[i : i + 10000] for i in range(0, len(payload), 10000)]),
+        headers=h,
+        timeout=30,
+    )
     assert r.status_code == 200 and r.json()["sha256"] == hashlib.sha256(payload).hexdigest()
 
 
 def test_large_response_streams_through(city: City) -> None:
     r = httpx.get(city.url("transport", "police", "big"), headers=city.headers(*T), timeout=30)
     assert r.status_code == 200 and len(r.content) == 48 * 65536
-    rec, = records(city, "transport", r.headers["x-qiao-id"])
+    (rec,) = records(city, "transport", r.headers["x-qiao-id"])
     assert rec["response_bytes"] == 48 * 65536
     assert rec["response_hash"] == hashlib.sha256(r.content).hexdigest()
 
@@ -203,14 +249,23 @@ def test_provider_refuses_certificates_from_another_ca(city: City, tmp_path: Any
     ca_key, ca = pki.create_ca("Not the hub")
     key = pki.generate_private_key()
     csr = pki.create_csr(key, "rogue", city.dep.codes["transport"])
-    cert = pki.issue_node_certificate(ca_key, ca, csr, node_name="rogue",
-                                      org_code=city.dep.codes["transport"],
-                                      hosts=["127.0.0.1"], days=1)
+    cert = pki.issue_node_certificate(
+        ca_key,
+        ca,
+        csr,
+        node_name="rogue",
+        org_code=city.dep.codes["transport"],
+        hosts=["127.0.0.1"],
+        days=1,
+    )
     hub_ca = (city.dep.data_dir / "hub" / "ca.pem").read_bytes()
     ctx = _client_ctx(pki.cert_to_pem(cert), pki.key_to_pem(key), hub_ca, tmp_path)
     with pytest.raises(httpx.HTTPError):
-        httpx.get(_peer_url(city, "police", "echo"), verify=ctx,
-                  headers={"X-Qiao-Client": city.dep.client(*T)})
+        httpx.get(
+            _peer_url(city, "police", "echo"),
+            verify=ctx,
+            headers={"X-Qiao-Client": city.dep.client(*T)},
+        )
     # And with no client certificate at all.
     plain = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     plain.check_hostname = False
@@ -224,28 +279,50 @@ def test_provider_refuses_certificates_not_in_the_configuration(city: City, tmp_
     ca = pki.load_cert_pem((hub_dir / "ca.pem").read_bytes())
     key = pki.generate_private_key()
     csr = pki.create_csr(key, "unlisted", city.dep.codes["transport"])
-    cert = pki.issue_node_certificate(ca_key, ca, csr, node_name="unlisted",
-                                      org_code=city.dep.codes["transport"],
-                                      hosts=["127.0.0.1"], days=1)
+    cert = pki.issue_node_certificate(
+        ca_key,
+        ca,
+        csr,
+        node_name="unlisted",
+        org_code=city.dep.codes["transport"],
+        hosts=["127.0.0.1"],
+        days=1,
+    )
     ctx = _client_ctx(pki.cert_to_pem(cert), pki.key_to_pem(key), pki.cert_to_pem(ca), tmp_path)
-    r = httpx.get(_peer_url(city, "police", "echo"), verify=ctx,
-                  headers={"X-Qiao-Client": city.dep.client(*T)})
+    r = httpx.get(
+        _peer_url(city, "police", "echo"),
+        verify=ctx,
+        headers={"X-Qiao-Client": city.dep.client(*T)},
+    )
     problem(r, 403, "urn:qiao:problem:provider:certificate-mismatch")
     # A listed node may not speak for another organization's app.
     tdir = city.dep.nodes["transport"].data_dir
-    ctx = _client_ctx((tdir / "node.pem").read_bytes(), (tdir / "node.key").read_bytes(),
-                      pki.cert_to_pem(ca), tmp_path)
-    r = httpx.get(_peer_url(city, "police", "echo"), verify=ctx,
-                  headers={"X-Qiao-Client": city.dep.client("bank", "credit-check")})
+    ctx = _client_ctx(
+        (tdir / "node.pem").read_bytes(),
+        (tdir / "node.key").read_bytes(),
+        pki.cert_to_pem(ca),
+        tmp_path,
+    )
+    r = httpx.get(
+        _peer_url(city, "police", "echo"),
+        verify=ctx,
+        headers={"X-Qiao-Client": city.dep.client("bank", "credit-check")},
+    )
     body = problem(r, 403, "urn:qiao:problem:provider:certificate-mismatch")
     assert "transport-node" in body["detail"]
     # The provider node is authoritative: it re-checks the allow-list itself.
-    r = httpx.get(_peer_url(city, "police", "vehicle-violations"), verify=ctx,
-                  headers={"X-Qiao-Client": city.dep.client(*T)},
-                  params={"plate": "x"})
+    r = httpx.get(
+        _peer_url(city, "police", "vehicle-violations"),
+        verify=ctx,
+        headers={"X-Qiao-Client": city.dep.client(*T)},
+        params={"plate": "x"},
+    )
     assert r.status_code == 200
-    r = httpx.get(_peer_url(city, "police", "identity-verification"), verify=ctx,
-                  headers={"X-Qiao-Client": city.dep.client(*T)})
+    r = httpx.get(
+        _peer_url(city, "police", "identity-verification"),
+        verify=ctx,
+        headers={"X-Qiao-Client": city.dep.client(*T)},
+    )
     problem(r, 403, "urn:qiao:problem:provider:not-allowed")
 
 
@@ -303,8 +380,11 @@ def test_hub_unreachable_grace_period_then_refusal_then_recovery(city: City) -> 
         _wait_for(expired, 15)
         health = httpx.get(f"{node.url}/healthz").json()
         assert health["status"] == "unavailable" and "expired" in health["reason"]
-        body = problem(httpx.get(url, headers=city.headers(*T)), 503,
-                       "urn:qiao:problem:consumer:configuration-expired")
+        body = problem(
+            httpx.get(url, headers=city.headers(*T)),
+            503,
+            "urn:qiao:problem:consumer:configuration-expired",
+        )
         assert "grace period" in body["detail"]
     finally:
         city.proxy.mode = "pass"
@@ -325,6 +405,5 @@ def test_nothing_crashed_and_every_exchange_was_recorded(city: City) -> None:
     assert count(city, "transport") - before["transport"] == 30
     reached = sum(1 for s in outcomes if s != 404)
     assert count(city, "police") - before["police"] == reached
-    for name, proc in [("hub", city.dep.hub)] + [(k, n.process)
-                                                 for k, n in city.dep.nodes.items()]:
+    for name, proc in [("hub", city.dep.hub)] + [(k, n.process) for k, n in city.dep.nodes.items()]:
         assert proc is not None and proc.running, f"{name} is not running"

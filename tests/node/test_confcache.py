@@ -14,13 +14,28 @@ ORG = "91350100M000100Y43"
 
 def doc(serial: int, instance: str = "CN-T", name: str = "甲") -> dict[str, Any]:
     return {
-        "instance": instance, "serial": serial, "issued_at": "2026-11-29T00:00:00+00:00",
-        "organizations": [{"code": ORG, "name": name, "name_en": "", "kind": "government",
-                           "apps": ["a"]}],
-        "nodes": [{"name": "n", "org": ORG, "address": "https://127.0.0.1:1",
-                   "certificates": [{"serial": "01", "fingerprint": "ab" * 32,
-                                     "not_after": "2027-01-01T00:00:00+00:00"}]}],
-        "ca_certificates": [], "revoked": [],
+        "instance": instance,
+        "serial": serial,
+        "issued_at": "2026-11-29T00:00:00+00:00",
+        "organizations": [
+            {"code": ORG, "name": name, "name_en": "", "kind": "government", "apps": ["a"]}
+        ],
+        "nodes": [
+            {
+                "name": "n",
+                "org": ORG,
+                "address": "https://127.0.0.1:1",
+                "certificates": [
+                    {
+                        "serial": "01",
+                        "fingerprint": "ab" * 32,
+                        "not_after": "2027-01-01T00:00:00+00:00",
+                    }
+                ],
+            }
+        ],
+        "ca_certificates": [],
+        "revoked": [],
         "resources": [{"org": ORG, "code": "r", "name": "", "allowed_clients": []}],
     }
 
@@ -39,8 +54,13 @@ def key() -> Any:
 
 
 def cache(tmp_path: Path, key: Any, clock: Clock, grace: float = 100) -> ConfigurationCache:
-    return ConfigurationCache(tmp_path, public_key=signing.public_key_to_text(key.public_key()),
-                              instance="CN-T", grace_seconds=grace, clock=clock)
+    return ConfigurationCache(
+        tmp_path,
+        public_key=signing.public_key_to_text(key.public_key()),
+        instance="CN-T",
+        grace_seconds=grace,
+        clock=clock,
+    )
 
 
 def test_no_configuration_yet(tmp_path: Path, key: Any) -> None:

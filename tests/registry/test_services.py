@@ -19,8 +19,9 @@ ORG_B = "91110000802100433B"
 def registry(db_url: str, tmp_path: Path) -> RegistryService:
     migrate("hub", db_url)
     keys = HubKeys.load_or_create(tmp_path / "hub", "CN-T")
-    return RegistryService(session_factory(make_engine(db_url)), keys, instance="CN-T",
-                           token_ttl=timedelta(hours=1))
+    return RegistryService(
+        session_factory(make_engine(db_url)), keys, instance="CN-T", token_ttl=timedelta(hours=1)
+    )
 
 
 def _csr(name: str = "a-node", org: str = ORG_A) -> str:
@@ -58,7 +59,7 @@ def test_apps_resources_and_allow_list(registry: RegistryService) -> None:
     with pytest.raises(Problem) as e:
         registry.allow(ORG_A, "nothing", f"CN-T/{ORG_B}")
     assert e.value.kind is problems.NOT_FOUND
-    [(res, allowed)] = registry.list_resources()
+    [(_res, allowed)] = registry.list_resources()
     assert allowed == [f"CN-T/{ORG_B}", f"CN-T/{ORG_B}/caller"]
     registry.disallow(ORG_A, "records", f"CN-T/{ORG_B}")
     assert registry.list_resources()[0][1] == [f"CN-T/{ORG_B}/caller"]
