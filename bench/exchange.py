@@ -86,8 +86,19 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the city running after the run (for manual probing)",
+    )
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record py-spy profiles of both nodes during the run into this folder",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench needs wrk: apt-get install wrk")
@@ -127,7 +138,23 @@ def main() -> None:
         before = _records(dep, "transport")
         wrk(qiao_url, headers, args.connections, args.warmup)
         mid = _records(dep, "transport")
+        spies = _profile(dep, args.profile, args.duration) if args.profile else []
+        pids = {
+            "consumer node": dep.nodes["transport"].process.popen,
+            "provider node": dep.nodes["police"].process.popen,
+            "backend": backend,
+        }
+        cpu_before = {k: _cpu_seconds(p.pid) for k, p in pids.items() if p}
+        wrk_before = _children_cpu()
         full = wrk(qiao_url, headers, args.connections, args.duration)
+        cpu = {
+            k: round((_cpu_seconds(p.pid) - cpu_before[k]) / args.duration, 3)
+            for k, p in pids.items()
+            if p
+        }
+        cpu["wrk"] = round((_children_cpu() - wrk_before) / args.duration, 3)
+        for spy in spies:
+            spy.wait()
         after = _records(dep, "transport")
         result = {
             "benchmark": "exchange-path",
@@ -142,14 +169,62 @@ def main() -> None:
                 if k in full and k in direct
             },
             "records_written": {"warmup": mid - before, "measured": after - mid},
+            # CPU cores each process kept busy during the measured Qiao run (2 = both cores).
+            "cpu_cores_busy": cpu,
             "machine": machine(),
         }
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print(json.dumps(result, indent=2, ensure_ascii=False), flush=True)
+        if args.hold:
+            print(json.dumps({"url": qiao_url, "headers": headers}), flush=True)
+            time.sleep(3600)
     finally:
         dep.stop()
         backend.terminate()
         backend.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _profile(dep: Deployment, folder: Path, duration: int) -> list[subprocess.Popen[bytes]]:
+    """py-spy on both nodes, in collapsed-stack form (``summarize`` below reads it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for dept in ("transport", "police"):
+        proc = dep.nodes[dept].process.popen
+        assert proc is not None
+        spies.append(
+            subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--duration",
+                    str(duration - 1),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(folder / f"{dept}-node.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return spies
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _records(dep: Deployment, dept: str) -> int:

@@ -74,14 +74,20 @@ def create_ca(common_name: str, days: int = 3650) -> tuple[PrivateKey, x509.Cert
     return key, cert
 
 
-def create_csr(key: PrivateKey, node_name: str, org_code: str) -> x509.CertificateSigningRequest:
-    subject = x509.Name(
+def _node_subject(node_name: str, org_code: str) -> x509.Name:
+    return x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, node_name),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org_code),
         ]
     )
-    return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+
+
+def create_csr(key: PrivateKey, node_name: str, org_code: str) -> x509.CertificateSigningRequest:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        _node_subject(node_name, org_code)
+    )
+    return builder.sign(key, hashes.SHA256())
 
 
 def _check_public_key(key: object) -> None:
@@ -142,6 +148,8 @@ def issue_node_certificate(
     # RFC 5280 §6.1.3: a certificate outliving its issuer fails path validation anyway, so it
     # says so rather than promise days it cannot have.
     not_after = min(now + timedelta(days=days), ca_cert.not_valid_after_utc)
+    if not_after <= now:
+        raise CertificateError("the CA certificate has expired")
     try:
         ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
@@ -149,14 +157,7 @@ def issue_node_certificate(
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     return (
         x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.COMMON_NAME, node_name),
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, org_code),
-                ]
-            )
-        )
+        .subject_name(_node_subject(node_name, org_code))
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(_serial() if serial is None else serial)

@@ -25,6 +25,8 @@ from qiao.exchange.records import Record, RecordWriter
 from qiao.exchange.relay import (
     RequestBody,
     ResponseOutcome,
+    client_session,
+    forward_headers,
     problem_response,
     relay_response,
     upstream_failure,
@@ -120,12 +122,7 @@ class ConsumerGateway:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=10, sock_read=self._settings.provider_timeout_seconds
         )
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        return client_session(connector, timeout=timeout)
 
     async def start(self) -> None:
         self._session = self._new_session()
@@ -233,20 +230,14 @@ class ConsumerGateway:
         finish: Callable[[], object],
     ) -> web.StreamResponse:
         assert self._session is not None
-        fwd = {h: v for h in p.FORWARD_REQUEST_HEADERS if (v := request.headers.get(h))}
-        fwd[p.H_CLIENT] = str(client)
-        fwd[p.H_ID] = rec.exchange_id
-        if rec.purpose:
-            fwd[p.H_PURPOSE] = rec.purpose
-        if rec.end_user:
-            fwd[p.H_USER] = rec.end_user
-        url = f"{provider.address}{request.path}"
+        rec.client = str(client)
+        fwd = forward_headers(request, rec)
+        url = URL(provider.address + request.raw_path, encoded=True)
         data = await body.open()
         try:
             upstream = await self._session.request(
                 request.method,
                 url,
-                params=request.rel_url.query,
                 data=data,
                 headers=fwd,
                 allow_redirects=False,

@@ -13,6 +13,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from qiao import problems
 from qiao.config import NodeSettings
@@ -22,7 +23,10 @@ from qiao.exchange.records import Record, RecordWriter
 from qiao.exchange.relay import (
     RequestBody,
     ResponseOutcome,
+    client_session,
+    forward_headers,
     problem_response,
+    raw_rest,
     relay_response,
     upstream_failure,
 )
@@ -54,13 +58,15 @@ class ProviderGateway:
         self._conf = conf
         self._writer = writer
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts = {
+            code: aiohttp.ClientTimeout(
+                total=None, sock_connect=min(10, s.timeout_seconds), sock_read=s.timeout_seconds
+            )
+            for code, s in settings.services.items()
+        }
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        self._session = client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -162,28 +168,16 @@ class ProviderGateway:
         finish: object,
     ) -> web.StreamResponse:
         assert self._session is not None
-        service = self._settings.services[target.resource]
-        fwd = {h: v for h in p.FORWARD_REQUEST_HEADERS if (v := request.headers.get(h))}
-        fwd[p.H_CLIENT] = str(client)
-        fwd[p.H_ID] = rec.exchange_id
-        if rec.purpose:
-            fwd[p.H_PURPOSE] = rec.purpose
-        if rec.end_user:
-            fwd[p.H_USER] = rec.end_user
+        rec.client = str(client)
+        fwd = forward_headers(request, rec)
         data = await body.open()
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=min(10, service.timeout_seconds),
-            sock_read=service.timeout_seconds,
-        )
         try:
             upstream = await self._session.request(
                 request.method,
-                f"{backend}/{target.path}" if target.path else backend,
-                params=request.rel_url.query,
+                URL(backend + raw_rest(request), encoded=True),
                 data=data,
                 headers=fwd,
-                timeout=timeout,
+                timeout=self._timeouts[target.resource],
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:

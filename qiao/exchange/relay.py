@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import ClientResponse, web
 
-from qiao.exchange.protocol import FORWARD_RESPONSE_HEADERS
+from qiao.exchange.protocol import (
+    FORWARD_REQUEST_HEADERS,
+    FORWARD_RESPONSE_HEADERS,
+    H_CLIENT,
+    H_ID,
+    H_PURPOSE,
+    H_USER,
+)
 from qiao.problems import PROBLEM_CONTENT_TYPE, Problem, ProblemType
 
 CHUNK = 64 * 1024
@@ -74,6 +83,38 @@ class RequestBody:
             return
         async for chunk in self._stream():
             del chunk
+
+
+def client_session(connector: aiohttp.BaseConnector, **kwargs: Any) -> aiohttp.ClientSession:
+    """A client session for relaying: no cookies, no decompression, no automatic headers."""
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        **kwargs,
+    )
+
+
+def forward_headers(request: web.Request, rec: Any) -> dict[str, str]:
+    """The headers the next hop gets: a fixed few of the caller's, and the Qiao ones."""
+    fwd = {h: v for h in FORWARD_REQUEST_HEADERS if (v := request.headers.get(h))}
+    fwd[H_CLIENT] = rec.client
+    fwd[H_ID] = rec.exchange_id
+    if rec.purpose:
+        fwd[H_PURPOSE] = rec.purpose
+    if rec.end_user:
+        fwd[H_USER] = rec.end_user
+    return fwd
+
+
+def raw_rest(request: web.Request) -> str:
+    """The still-encoded part of the request target after ``/r1/{org}/{resource}``, query
+    included, so it travels on byte for byte instead of being decoded and re-encoded."""
+    path, sep, query = request.raw_path.partition("?")
+    parts = path.split("/", 4)
+    rest = "/" + parts[4] if len(parts) == 5 and parts[4] else ""
+    return rest + sep + query
 
 
 def problem_response(p: Problem, headers: dict[str, str] | None = None) -> web.Response:
