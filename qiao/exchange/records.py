@@ -12,7 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -45,16 +45,15 @@ class Record:
     response_hash: str = ""
 
 
-@dataclass
-class _Pending:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(
-        default_factory=list
-    )
+Waiter = tuple[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]
 
 
 class RecordWriter:
-    """Commits records in batches on a background thread; ``await write(rec)`` is durable."""
+    """Commits records in batches on a background thread; ``await write(rec)`` is durable.
+
+    Hand-offs are batched at both ends: records written during one turn of the event loop
+    cross to the writer thread together, and each commit wakes each loop once, not once per
+    record (every cross-thread wake-up is a system call)."""
 
     _STOP = object()
 
@@ -63,62 +62,75 @@ class RecordWriter:
         self._insert = _RawInsert(engine, ExchangeRecord.__table__)  # type: ignore[arg-type]
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, tuple[list[Any], list[Any]]] = {}
         self._thread = threading.Thread(target=self._run, name="qiao-records", daemon=True)
         self.written = 0
+        self.commits = 0
         self._thread.start()
 
     async def write(self, record: Record) -> None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = ([], [])
+            loop.call_soon(self._hand_over, loop)
         # A shallow copy is all a record needs (its fields are immutable values) and costs a
         # fraction of dataclasses.asdict's deep copy on the hot path.
-        self._queue.put((dict(record.__dict__), loop, fut))
+        pending[0].append(dict(record.__dict__))
+        pending[1].append(fut)
         await fut
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        rows, futures = self._pending.pop(loop)
+        self._queue.put((rows, (loop, futures)))
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(self._STOP)
         self._thread.join(timeout)
+        self._insert.close()
 
     def _run(self) -> None:
         stopping = False
         while not stopping:
             item = self._queue.get()
-            batch = _Pending()
+            rows: list[dict[str, Any]] = []
+            waiters: list[Waiter] = []
             while True:
                 if item is self._STOP:
                     stopping = True
                 else:
-                    row, loop, fut = item
-                    batch.rows.append(row)
-                    batch.waiters.append((loop, fut))
-                if stopping or len(batch.rows) >= self._max_batch:
+                    rows.extend(item[0])
+                    waiters.append(item[1])
+                if stopping or len(rows) >= self._max_batch:
                     break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch.rows:
-                self._commit(batch)
+            if rows:
+                self._commit(rows, waiters)
 
-    def _commit(self, batch: _Pending) -> None:
+    def _commit(self, rows: list[dict[str, Any]], waiters: list[Waiter]) -> None:
         error: BaseException | None = None
         for attempt in range(5):
             try:
-                self._insert(batch.rows)
+                self._insert(rows)
                 error = None
                 break
             except Exception as exc:  # database briefly unavailable: retry, then report
                 error = exc
                 log.warning(
                     "writing %d exchange records failed (attempt %d): %s",
-                    len(batch.rows),
+                    len(rows),
                     attempt + 1,
                     exc,
                 )
                 threading.Event().wait(0.2 * (attempt + 1))
-        self.written += len(batch.rows) if error is None else 0
-        for loop, fut in batch.waiters:
-            loop.call_soon_threadsafe(_settle, fut, error)
+        self.written += len(rows) if error is None else 0
+        self.commits += 1
+        for loop, futures in waiters:
+            loop.call_soon_threadsafe(_settle, futures, error)
 
 
 class _RawInsert:
@@ -134,6 +146,7 @@ class _RawInsert:
         compiled = insert(table).compile(dialect=dialect, column_keys=columns)
         self._sql = str(compiled)
         self._names = list(compiled.positiontup or []) if compiled.positional else None
+        self._raw: Any = None
         self._processors = {
             c.name: proc
             for c in table.columns
@@ -148,26 +161,37 @@ class _RawInsert:
                 if name in values:
                     values[name] = proc(values[name])
             params.append([values[n] for n in self._names] if self._names else values)
-        raw = self._engine.raw_connection()
+        # The writer thread keeps one connection for itself instead of a pool checkout per
+        # batch (each check-in costs a rollback round trip).
+        if self._raw is None:
+            self._raw = self._engine.raw_connection()
+        raw = self._raw
         try:
             cur = raw.cursor()
             cur.executemany(self._sql, params)
             cur.close()
             raw.commit()
         except BaseException:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
+            self._raw = None
+            try:
+                raw.invalidate()  # the next batch starts on a fresh connection
+            finally:
+                raise
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
 
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
+def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for fut in futures:
+        if fut.done():  # the exchange was cancelled (the caller went away)
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
 
 
 def recent_records(engine: Engine, limit: int = 50, exchange_id: str | None = None) -> list[Any]:

@@ -74,6 +74,7 @@ class Node:
             "instance": self.identity.instance,
             "configuration": status,
             "records_written": self.writer.written,
+            "record_commits": self.writer.commits,
         }
         if not ok:
             body["reason"] = (
