@@ -4,6 +4,7 @@ processes on loopback, once on SQLite and once on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -111,6 +112,8 @@ class HubProxy:
     def app(self) -> web.Application:
         async def conf(request: web.Request) -> web.StreamResponse:
             if self.mode == "down":
+                # Drop the connection as an unreachable hub would (aiohttp would log each one).
+                logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
                 assert request.transport is not None
                 request.transport.close()
                 raise ConnectionResetError
