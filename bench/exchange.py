@@ -155,7 +155,9 @@ def main() -> None:
         cpu["wrk"] = round((_children_cpu() - wrk_before) / args.duration, 3)
         for spy in spies:
             spy.wait()
+        # Latency without queueing: one connection, one exchange at a time.
         after = _records(dep, "transport")
+        single = {"direct": wrk(direct_url, {}, 1, 5), "qiao": wrk(qiao_url, headers, 1, 5)}
         result = {
             "benchmark": "exchange-path",
             "connections": args.connections,
@@ -168,6 +170,13 @@ def main() -> None:
                 for k in ("p50_ms", "p99_ms")
                 if k in full and k in direct
             },
+            "one_connection": {
+                **single,
+                "added_latency_ms": {k: round(single["qiao"][k] - single["direct"][k], 3)
+                                     for k in ("p50_ms", "p99_ms")},
+            },
+            # Every exchange of the measured run is on record (wrk counts completed responses;
+            # a few more may have been in flight when it stopped).
             "records_written": {"warmup": mid - before, "measured": after - mid},
             # CPU cores each process kept busy during the measured Qiao run (2 = both cores).
             "cpu_cores_busy": cpu,
