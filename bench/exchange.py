@@ -172,8 +172,10 @@ def main() -> None:
             },
             "one_connection": {
                 **single,
-                "added_latency_ms": {k: round(single["qiao"][k] - single["direct"][k], 3)
-                                     for k in ("p50_ms", "p99_ms")},
+                "added_latency_ms": {
+                    k: round(single["qiao"][k] - single["direct"][k], 3)
+                    for k in ("p50_ms", "p99_ms")
+                },
             },
             # Every exchange of the measured run is on record (wrk counts completed responses;
             # a few more may have been in flight when it stopped).

@@ -295,6 +295,9 @@ def node_enroll(
     ctx: typer.Context,
     token: Annotated[str, typer.Option(help="One-time token from `qiao hub enroll-token`.")],
     org: Annotated[str, typer.Option(help="This node's organization (credit code).")],
+    witness: Annotated[
+        bool, typer.Option(help="Witness the hub's ledger (cosign its checkpoints).")
+    ] = True,
 ) -> None:
     """Enroll this node at the hub: get its certificate and the hub's trust anchors."""
     from qiao.node.identity import EnrollmentError, enroll
@@ -308,6 +311,7 @@ def node_enroll(
             node_name=s.name,
             org=org,
             address=s.peer_address,
+            witness_url=s.witness_url if witness else "",
         )
     except EnrollmentError as exc:
         raise _fail(str(exc)) from exc
@@ -408,6 +412,103 @@ def node_status(ctx: typer.Context) -> None:
     console.print_json(r.text)
     if r.status_code != 200:
         raise typer.Exit(1)
+
+
+# --- ledger -------------------------------------------------------------------------------
+ledger_app = typer.Typer(
+    help="The hub's tamper-evident ledger: status, full verification, the witness policy.",
+    no_args_is_help=True,
+)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.callback()
+def ledger(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Work on the hub's ledger (reads the hub's configuration)."""
+    try:
+        ctx.obj = {"settings": HubSettings.load(config)}
+    except Exception as exc:
+        raise _fail(f"configuration: {exc}") from exc
+
+
+def _hub_ledger(ctx: typer.Context) -> Any:
+    from qiao.hub.app import open_ledger
+
+    return open_ledger(_hub_settings(ctx), _registry(ctx))
+
+
+@ledger_app.command("status")
+@_guard
+def ledger_status(ctx: typer.Context) -> None:
+    """Size, last cosigned checkpoint, witnesses and their last cosignature."""
+    status = _hub_ledger(ctx).status()
+    console.print(
+        f"origin {status['origin']}: {status['size']} entries, "
+        f"cosigned up to {status['cosigned_size']} "
+        f"({status['cosigned_at'] or 'never'}), quorum {status['quorum']}"
+    )
+    t = Table("witness", "url", "last size", "last cosigned", "last error")
+    for w in status["witnesses"]:
+        t.add_row(
+            w["name"],
+            w["url"],
+            str(w.get("size", "-")),
+            w.get("last_cosigned_at") or "-",
+            w.get("last_error", ""),
+        )
+    console.print(t)
+
+
+@ledger_app.command("verify")
+@_guard
+def ledger_verify(ctx: typer.Context) -> None:
+    """Re-derive the whole log from the stored entries; report every discrepancy."""
+    findings = _hub_ledger(ctx).verify()
+    for line in findings:
+        console.print(f"[red]✗[/red] {line}")
+    if findings:
+        raise _fail(f"the ledger does not verify: {len(findings)} finding(s)", 1)
+    console.print("[green]✓[/green] the ledger verifies: every entry, tile and checkpoint")
+
+
+@ledger_app.command("policy")
+@_guard
+def ledger_policy(ctx: typer.Context) -> None:
+    """Print the C2SP tlog-policy for this ledger: the log key, the witnesses, the quorum."""
+    console.print(_hub_ledger(ctx).policy_text(), end="", soft_wrap=True, markup=False)
+
+
+@app.command("verify")
+def verify(
+    receipt: Annotated[
+        Path, typer.Argument(help="A receipt (C2SP tlog-proof) file.", exists=True, dir_okay=False)
+    ],
+    policy: Annotated[
+        Path,
+        typer.Option(
+            help="The tlog-policy file (`qiao ledger policy`).", exists=True, dir_okay=False
+        ),
+    ],
+    entry: Annotated[
+        Path | None,
+        typer.Option(
+            help="The entry the receipt is for (from /ledger/entries/N); checked if given.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Verify a receipt offline, with nothing but the log's and the witnesses' public keys."""
+    from qiao.ledger.errors import LedgerError
+    from qiao.ledger.policy import Policy
+    from qiao.ledger.receipt import verify_receipt
+
+    try:
+        pol = Policy.parse(policy.read_text())
+        statement = verify_receipt(receipt.read_bytes(), entry.read_bytes() if entry else None, pol)
+    except (LedgerError, ValueError) as exc:
+        raise _fail(f"receipt does not verify: {exc}", 1) from exc
+    console.print(f"[green]✓[/green] {statement}", soft_wrap=True)
 
 
 # --- demo ---------------------------------------------------------------------------------

@@ -77,6 +77,12 @@ class HubSettings(_FileSettings):
     # How long an enrollment token stays usable, and how long node certificates last.
     enrollment_token_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
     node_certificate_days: int = Field(365, gt=0)
+    # The ledger's C2SP origin (default qiao/{instance}/ledger), fixed once the log exists.
+    ledger_origin: str = ""
+    # How often to sign a checkpoint and gather cosignatures; how many witnesses must cosign
+    # (default: a majority of the registered witnesses).
+    ledger_interval_seconds: float = Field(2.0, gt=0)
+    ledger_quorum: int | None = Field(None, ge=0)
     log_level: str = "info"
 
     @model_validator(mode="after")
@@ -111,12 +117,16 @@ class NodeSettings(_FileSettings):
     peer_port: int = Field(8711, ge=0, le=65535)
     # The address other nodes use, published in the global configuration.
     peer_address: str = ""
+    # Where the hub reaches this node's ledger witness (default: the app listener).
+    witness_url: str = ""
     services: dict[str, ServiceSettings] = Field(default_factory=dict)
     # How often to fetch the global configuration, and how long a cached one stays usable
     # after the hub was last reached.
     config_refresh_seconds: float = Field(30.0, gt=0)
     config_grace_seconds: float = Field(24 * 3600.0, gt=0)
     provider_timeout_seconds: float = Field(60.0, gt=0)
+    # How often to send pending exchange records to the hub's ledger.
+    ledger_submit_seconds: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     record_payloads: bool = False
     log_level: str = "info"
@@ -126,5 +136,7 @@ class NodeSettings(_FileSettings):
         self._default_db("node.db")
         if not self.peer_address:
             self.peer_address = f"https://{self.peer_host}:{self.peer_port}"
+        if not self.witness_url:
+            self.witness_url = f"http://{self.host}:{self.port}/witness"
         self.hub_url = self.hub_url.rstrip("/")
         return self

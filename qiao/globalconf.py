@@ -23,6 +23,8 @@ class NodeEntry:
     org: str
     address: str
     fingerprints: frozenset[str]
+    witness_key: str = ""
+    witness_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class GlobalConf:
     revoked: frozenset[str]  # certificate fingerprints
     resources: dict[tuple[str, str], ResourceEntry]
     ca_pems: tuple[str, ...] = field(default=())
+    ledger_origin: str = ""
+    ledger_key: str = ""  # the log's C2SP verifier key
 
     @classmethod
     def compile(cls, doc: dict[str, Any]) -> GlobalConf:
@@ -68,7 +72,14 @@ class GlobalConf:
             by_fp: dict[str, NodeEntry] = {}
             for n in doc["nodes"]:
                 fps = frozenset(c["fingerprint"] for c in n["certificates"]) - revoked
-                entry = NodeEntry(n["name"], n["org"], n["address"], fps)
+                entry = NodeEntry(
+                    n["name"],
+                    n["org"],
+                    n["address"],
+                    fps,
+                    n.get("witness_key", ""),
+                    n.get("witness_url", ""),
+                )
                 by_org.setdefault(entry.org, []).append(entry)
                 for fp in fps:
                     by_fp[fp] = entry
@@ -90,6 +101,8 @@ class GlobalConf:
                 revoked=revoked,
                 resources=resources,
                 ca_pems=tuple(doc["ca_certificates"]),
+                ledger_origin=doc.get("ledger", {}).get("origin", ""),
+                ledger_key=doc.get("ledger", {}).get("key", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"global configuration has an unexpected shape: {exc!r}") from exc

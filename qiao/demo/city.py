@@ -127,6 +127,8 @@ class Deployment:
     # More backends per department beyond the demo's own: dept key -> {resource: settings}.
     extra_services: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     codes: dict[str, str] = field(default_factory=org_codes)
+    # The departments whose nodes witness the hub's ledger.
+    witnesses: tuple[str, ...] = ("police", "transport", "market")
     hub: Process | None = None
     hub_url: str = ""
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
@@ -152,7 +154,12 @@ class Deployment:
     def hub_settings(self) -> HubSettings:
         port = self._port(0)
         hub_dir = self.data_dir / "hub"
-        values: dict[str, Any] = {"data_dir": str(hub_dir), "port": port, "instance": self.instance}
+        values: dict[str, Any] = {
+            "data_dir": str(hub_dir),
+            "port": port,
+            "instance": self.instance,
+            "ledger_interval_seconds": 1.0,
+        }
         if self.hub_database_url:
             values["database_url"] = self.hub_database_url
         write_toml(hub_dir / "hub.toml", values)
@@ -204,6 +211,7 @@ class Deployment:
                 "port": port,
                 "peer_port": peer,
                 "config_refresh_seconds": 2.0,
+                "ledger_submit_seconds": 0.5,
                 **self.node_settings,
             }
             if d.key in self.node_database_urls:
@@ -227,6 +235,7 @@ class Deployment:
                 node_name=f"{d.key}-node",
                 org=org,
                 address=f"https://127.0.0.1:{peer}",
+                witness_url=f"http://127.0.0.1:{port}/witness" if d.key in self.witnesses else "",
             )
             db_url = values.get("database_url") or f"sqlite:///{(node_dir / 'node.db').resolve()}"
             migrate("node", db_url)

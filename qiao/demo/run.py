@@ -157,6 +157,7 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
                 )
             )
         eng.dispose()
+    out.append(await _receipt_outcome(dep, first))
     roles = {r.role for r in records}
     same = len({r.request_hash for r in records}) == 1
     out.append(
@@ -167,6 +168,37 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
         )
     )
     return out
+
+
+async def _receipt_outcome(dep: Deployment, exchange_id: str, wait: float = 30.0) -> Outcome:
+    """The exchange's record reaches the ledger, is cosigned, and its receipt verifies."""
+    from qiao.ledger.errors import LedgerError
+    from qiao.ledger.policy import Policy
+    from qiao.ledger.receipt import parse_receipt, verify_receipt
+
+    name = "ledger receipt verifies offline (witness quorum)"
+    deadline = asyncio.get_running_loop().time() + wait
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{dep.hub_url}/ledger/receipts/{exchange_id}") as r:
+                receipt = await r.read()
+                if r.status == 200:
+                    break
+            if asyncio.get_running_loop().time() > deadline:
+                return Outcome(name, False, f"no receipt after {wait:.0f} s: {r.status}")
+            await asyncio.sleep(0.5)
+        index = parse_receipt(receipt).index
+        async with http.get(f"{dep.hub_url}/ledger/entries/{index}") as r:
+            entry = await r.read()
+        async with http.get(f"{dep.hub_url}/ledger/policy") as r:
+            policy = Policy.parse(await r.text())
+    try:
+        statement = verify_receipt(receipt, entry, policy)
+    except LedgerError as exc:
+        return Outcome(name, False, str(exc))
+    ok = json.loads(entry).get("exchange_id") == exchange_id
+    (dep.data_dir / "receipt.txt").write_bytes(receipt)
+    return Outcome(name, ok, statement)
 
 
 def print_summary(dep: Deployment, outcomes: list[Outcome], data_dir: Path) -> None:

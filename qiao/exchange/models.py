@@ -18,6 +18,7 @@ class ExchangeRecord(NodeBase):
         # Not unique: an app may retry with the same X-Qiao-Id, and each attempt is recorded.
         Index("ix_exchange_records_exchange_id", "exchange_id"),
         Index("ix_exchange_records_started_at", "started_at"),
+        Index("ix_exchange_records_ledger_index", "ledger_index"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -39,6 +40,9 @@ class ExchangeRecord(NodeBase):
     response_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
     response_hash: Mapped[str] = mapped_column(String(64), default="")
+    # The record's index in the hub's ledger once the hub accepted it; NULL until then (the
+    # records table is the ledger outbox).
+    ledger_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(NodeBase):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -16,6 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from qiao import __version__, problems
 from qiao.config import HubSettings
 from qiao.db import make_engine, migrate, session_factory
+from qiao.ledger.cosigning import Cosigning
+from qiao.ledger.exchanges import ExchangeLedger
+from qiao.ledger.service import HubLedger, ledger_api, submissions_api
 from qiao.problems import PROBLEM_CONTENT_TYPE, Problem
 from qiao.registry.services import HubKeys, RegistryService
 
@@ -31,7 +35,7 @@ def open_registry(settings: HubSettings, *, run_migrations: bool = True) -> Regi
     if run_migrations:
         migrate("hub", settings.database_url)
     engine = make_engine(settings.database_url)
-    keys = HubKeys.load_or_create(settings.data_dir, settings.instance)
+    keys = HubKeys.load_or_create(settings.data_dir, settings.instance, settings.ledger_origin)
     return RegistryService(
         session_factory(engine),
         keys,
@@ -70,22 +74,58 @@ class EnrollIn(BaseModel):
     node_name: str
     address: str = Field(description="https://host:port where other nodes reach this node")
     csr: str = Field(max_length=20000, description="PEM certificate signing request")
+    witness_key: str = Field("", max_length=300, description="C2SP cosignature verifier key")
+    witness_url: str = Field("", max_length=300, description="Where the hub sends checkpoints")
 
 
 class RevokeIn(BaseModel):
     reason: str = Field("unspecified", max_length=200)
 
 
+def open_ledger(settings: HubSettings, registry: RegistryService) -> HubLedger:
+    """The ledger on the hub's database, signing with the hub's log key."""
+    from qiao.ledger.store import LedgerStore
+
+    engine = registry.engine
+    store = LedgerStore(engine, registry.keys.log_signer, registry.keys.log_signer.name)
+    sessions = session_factory(engine)
+    return HubLedger(
+        store=store,
+        origin=registry.keys.log_signer.name,
+        log_key=registry.keys.log_signer.verifier().to_text(),
+        exchanges=ExchangeLedger(sessions, store, settings.instance),
+        cosigning=Cosigning(sessions, store, quorum=settings.ledger_quorum),
+        interval=settings.ledger_interval_seconds,
+    )
+
+
 def create_app(settings: HubSettings, registry: RegistryService | None = None) -> FastAPI:
     registry = registry or open_registry(settings)
+    ledger = open_ledger(settings, registry)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ledger.start()
+        yield
+        ledger.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Qiao hub",
         version=__version__,
         description="Control plane of the Qiao data exchange: registry, trust and the signed "
         "global configuration. Errors are RFC 9457 problem+json.",
     )
     app.state.registry = registry
+    app.state.ledger = ledger
     _install_problem_handlers(app)
+    from qiao.ledger.views import ledger_router
+
+    # The cosigned checkpoint, receipts and entries first: the tile router's /checkpoint is
+    # the log's own signature only.
+    app.include_router(ledger_api(ledger), prefix="/ledger")
+    app.include_router(ledger_router(ledger.store), prefix="/ledger")
+    app.include_router(submissions_api(ledger))
 
     def operator(authorization: Annotated[str | None, Header()] = None) -> None:
         """Administrative calls need an operator token: ``Authorization: Bearer qop_...``."""
@@ -112,7 +152,14 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     @app.post("/api/v1/enroll", tags=["trust"], status_code=201)
     def enroll(body: EnrollIn) -> dict[str, Any]:
         """A node exchanges a one-time enrollment token and a CSR for its certificate."""
-        e = registry.enroll(body.token, body.csr, body.node_name, body.address)
+        e = registry.enroll(
+            body.token,
+            body.csr,
+            body.node_name,
+            body.address,
+            witness_key=body.witness_key,
+            witness_url=body.witness_url,
+        )
         log.info("node %s of %s enrolled", e.node_name, e.org)
         return {
             "node_name": e.node_name,
@@ -121,6 +168,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
             "certificate": e.certificate_pem,
             "ca_certificate": e.ca_pem,
             "configuration_key": e.configuration_key,
+            "ledger_key": registry.keys.log_signer.verifier().to_text(),
         }
 
     @app.get("/api/v1/organizations", tags=["registry"], dependencies=op)

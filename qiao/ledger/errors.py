@@ -21,3 +21,11 @@ class NoteError(LedgerError):
 
 class TileError(LedgerError):
     """A tile path or entry bundle (C2SP tlog-tiles) that is malformed."""
+
+
+class PolicyError(LedgerError):
+    """A tlog-policy (C2SP) that is malformed, or a checkpoint from a log it does not list."""
+
+
+class ReceiptError(LedgerError):
+    """A receipt (C2SP tlog-proof) that is malformed or does not prove what it claims."""

@@ -25,8 +25,12 @@ from qiao.exchange.keys import ApiKeyService
 from qiao.exchange.provider import ProviderGateway
 from qiao.exchange.records import RecordWriter
 from qiao.exchange.relay import problem_response
+from qiao.globalconf import GlobalConf
+from qiao.ledger import note
+from qiao.ledger.submit import LedgerSubmitter
+from qiao.ledger.witness import Witness, witness_routes
 from qiao.node.confcache import ConfigurationCache, fetch_loop, fetch_once
-from qiao.node.identity import NodeIdentity
+from qiao.node.identity import WITNESS_KEY_FILE, NodeIdentity, load_witness
 from qiao.problems import Problem
 
 log = logging.getLogger("qiao.node")
@@ -44,6 +48,8 @@ class Node:
     runners: list[web.AppRunner] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     hub_session: aiohttp.ClientSession | None = None
+    submitter: LedgerSubmitter | None = None
+    witness: Witness | None = None
 
     @classmethod
     def open(cls, settings: NodeSettings) -> Node:
@@ -61,7 +67,22 @@ class Node:
         ssl_client = pki.client_context(identity.cert_file, identity.key_file, identity.ca_file)
         consumer = ConsumerGateway(settings, identity, conf, keys, writer, ssl_client)
         provider = ProviderGateway(settings, identity, conf, writer)
-        return cls(settings, identity, conf, keys, writer, consumer, provider)
+        node = cls(settings, identity, conf, keys, writer, consumer, provider)
+        node.submitter = LedgerSubmitter(engine, identity, settings.hub_url)
+        if (settings.data_dir / WITNESS_KEY_FILE).exists():
+            # The witness trusts the log key the signed configuration names (the hub's key
+            # to sign configurations vouches for it), and follows it if the config changes.
+            logs: dict[str, note.Verifier] = {}
+
+            def follow(c: GlobalConf) -> None:
+                if c.ledger_origin and c.ledger_key:
+                    logs[c.ledger_origin] = note.Verifier.from_text(c.ledger_key)
+
+            conf.listeners.append(follow)
+            if conf.current is not None:
+                follow(conf.current)
+            node.witness = Witness(engine, load_witness(identity), logs)
+        return node
 
     def health(self) -> tuple[int, dict[str, Any]]:
         status = self.conf.status()
@@ -76,6 +97,23 @@ class Node:
             "records_written": self.writer.written,
             "record_commits": self.writer.commits,
         }
+        if self.submitter is not None:
+            body["ledger"] = {
+                "submitted": self.submitter.submitted,
+                "last_error": self.submitter.last_error,
+            }
+        if self.witness is not None:
+            body["witness"] = {
+                "alerts": [
+                    {
+                        "origin": a.origin,
+                        "kind": a.kind,
+                        "detail": a.detail,
+                        "at": a.created_at.isoformat(),
+                    }
+                    for a in self.witness.alerts()
+                ]
+            }
         if not ok:
             body["reason"] = (
                 "no global configuration received yet"
@@ -98,6 +136,8 @@ class Node:
 
         app.router.add_get("/healthz", health)
         app.router.add_route("*", "/r1/{tail:.*}", self.consumer.handle)
+        if self.witness is not None:
+            app.add_routes(witness_routes(self.witness))
         return app
 
     def peer_listener(self) -> web.Application:
@@ -130,6 +170,8 @@ class Node:
                 fetch_loop(self.conf, s.hub_url, s.config_refresh_seconds, self.hub_session)
             )
         )
+        if self.submitter is not None:
+            self.tasks.append(asyncio.create_task(self.submitter.run(s.ledger_submit_seconds)))
         log.info(
             "node %s (%s) serving apps on %s:%d and peers on %s:%d",
             self.identity.name,

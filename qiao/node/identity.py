@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 
-from qiao import pki
+from qiao import pki, signing
+from qiao.ledger import note
 
 IDENTITY_FILE = "identity.json"
 
@@ -59,6 +60,20 @@ class EnrollmentError(RuntimeError):
     pass
 
 
+WITNESS_KEY_FILE = "witness.key"
+
+
+def witness_name(org: str, node_name: str) -> str:
+    """The witness's C2SP key name: unique in the exchange, readable in a policy file."""
+    return f"{org.upper()}/{node_name}"
+
+
+def load_witness(identity: NodeIdentity) -> note.Cosigner:
+    """The node's witness key (made at enrollment; only its public half leaves the node)."""
+    key = signing.load_signing_key_pem((identity.data_dir / WITNESS_KEY_FILE).read_bytes())
+    return note.Cosigner(witness_name(identity.org, identity.name), key)
+
+
 def enroll(
     data_dir: Path,
     *,
@@ -67,12 +82,15 @@ def enroll(
     node_name: str,
     org: str,
     address: str,
+    witness_url: str = "",
     timeout: float = 30.0,
 ) -> NodeIdentity:
     """Enroll a node at the hub and write its identity into ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     key = pki.generate_private_key()
     csr = pki.create_csr(key, node_name, org)
+    witness_key = signing.generate_signing_key()
+    cosigner = note.Cosigner(witness_name(org, node_name), witness_key)
     try:
         resp = httpx.post(
             f"{hub_url.rstrip('/')}/api/v1/enroll",
@@ -81,6 +99,8 @@ def enroll(
                 "node_name": node_name,
                 "address": address,
                 "csr": pki.csr_to_pem(csr).decode(),
+                "witness_key": cosigner.verifier().to_text() if witness_url else "",
+                "witness_url": witness_url,
             },
             timeout=timeout,
         )
@@ -96,6 +116,7 @@ def enroll(
         raise EnrollmentError(f"the token belongs to {body['org']}, not to {org}")
     cert = pki.load_cert_pem(body["certificate"].encode())
     pki.write_private(data_dir / "node.key", pki.key_to_pem(key))
+    pki.write_private(data_dir / WITNESS_KEY_FILE, signing.signing_key_to_pem(witness_key))
     (data_dir / "node.pem").write_text(body["certificate"])
     (data_dir / "ca.pem").write_text(body["ca_certificate"])
     identity = {

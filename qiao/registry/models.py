@@ -48,6 +48,10 @@ class Node(HubBase):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     org_code: Mapped[str] = mapped_column(ForeignKey("organizations.code"), index=True)
     address: Mapped[str] = mapped_column(String(300))
+    # The node's ledger witness: its C2SP verifier key (cosignature type) and where the hub
+    # sends checkpoints to be cosigned. Empty for a node that does not witness.
+    witness_key: Mapped[str] = mapped_column(String(300), default="")
+    witness_url: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

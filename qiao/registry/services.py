@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,8 @@ from qiao import pki, problems, signing
 from qiao.catalog.validators import InvalidCode, validate_uscc
 from qiao.db import utcnow
 from qiao.globalconf import KIND
+from qiao.ledger import note
+from qiao.ledger.errors import LedgerError
 from qiao.problems import Problem
 from qiao.registry.models import (
     App,
@@ -63,6 +65,11 @@ def check_uscc(code: str) -> str:
         raise Problem(problems.INVALID_USCC, f"{code!r}: {exc}") from exc
 
 
+def default_log_origin(instance: str) -> str:
+    """The ledger's C2SP origin line: unique per exchange instance, stable across restarts."""
+    return f"qiao/{instance}/ledger"
+
+
 @dataclass
 class HubKeys:
     """The hub's key material: the CA that issues node certificates and the key that signs
@@ -71,9 +78,11 @@ class HubKeys:
     ca_key: Any
     ca_cert: x509.Certificate
     conf_key: Ed25519PrivateKey
+    log_signer: note.Signer
 
     @classmethod
-    def load_or_create(cls, data_dir: Path, instance: str) -> HubKeys:
+    def load_or_create(cls, data_dir: Path, instance: str, log_origin: str = "") -> HubKeys:
+        log_origin = log_origin or default_log_origin(instance)
         ca_key_file, ca_file = data_dir / "ca.key", data_dir / "ca.pem"
         conf_file = data_dir / "configuration-signing.key"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,10 +92,14 @@ class HubKeys:
             ca_file.write_bytes(pki.cert_to_pem(cert))
         if not conf_file.exists():
             pki.write_private(conf_file, signing.signing_key_to_pem(signing.generate_signing_key()))
+        log_file = data_dir / "ledger-signing.key"
+        if not log_file.exists():
+            pki.write_private(log_file, note.Signer.generate(log_origin).to_text().encode())
         return cls(
             ca_key=pki.load_key_pem(ca_key_file.read_bytes()),
             ca_cert=pki.load_cert_pem(ca_file.read_bytes()),
             conf_key=signing.load_signing_key_pem(conf_file.read_bytes()),
+            log_signer=note.Signer.from_text(log_file.read_text().strip()),
         )
 
     @property
@@ -121,6 +134,10 @@ class RegistryService:
         self._certificate_days = certificate_days
         self._signed_lock = threading.Lock()
         self._signed: tuple[int, dict[str, Any]] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self._sessions.kw["bind"]  # type: ignore[no-any-return]
 
     # --- organizations, apps, resources --------------------------------------------------
     def add_organization(
@@ -224,10 +241,27 @@ class RegistryService:
             s.add(EnrollmentToken(org_code=org.code, token_hash=_hash(token), expires_at=expires))
         return token, expires
 
-    def enroll(self, token: str, csr_pem: str, node_name: str, address: str) -> Enrollment:
+    def enroll(
+        self,
+        token: str,
+        csr_pem: str,
+        node_name: str,
+        address: str,
+        *,
+        witness_key: str = "",
+        witness_url: str = "",
+    ) -> Enrollment:
         """Issue a certificate to a new node of the token's organization (token used once)."""
         _check_code("node", node_name)
         host = _address_host(address)
+        if witness_key:
+            try:
+                if not isinstance(note.parse_verifier_key(witness_key), note.CosignatureVerifier):
+                    raise ValueError("not a cosignature (type 0x04) key")
+            except (ValueError, LedgerError) as exc:
+                raise Problem(problems.VALIDATION, f"witness key: {exc}") from exc
+            if not witness_url.startswith(("http://", "https://")):
+                raise Problem(problems.VALIDATION, "a witness needs an http(s) witness URL")
         try:
             csr = pki.load_csr_pem(csr_pem.encode())
         except pki.CertificateError as exc:
@@ -249,13 +283,20 @@ class RegistryService:
                 raise Problem(problems.BAD_ENROLLMENT_TOKEN)
             node = s.scalar(select(Node).where(Node.name == node_name))
             if node is None:
-                node = Node(name=node_name, org_code=used, address=address)
+                node = Node(
+                    name=node_name,
+                    org_code=used,
+                    address=address,
+                    witness_key=witness_key,
+                    witness_url=witness_url,
+                )
                 s.add(node)
                 s.flush()
             elif node.org_code != used:
                 raise Problem(problems.CONFLICT, f"node name {node_name} belongs to another org")
             else:
                 node.address = address
+                node.witness_key, node.witness_url = witness_key, witness_url
             try:
                 cert = pki.issue_node_certificate(
                     self.keys.ca_key,
@@ -389,6 +430,8 @@ class RegistryService:
                     "name": n.name,
                     "org": n.org_code,
                     "address": n.address,
+                    "witness_key": n.witness_key,
+                    "witness_url": n.witness_url,
                     "certificates": [
                         {
                             "serial": c.serial,
@@ -402,6 +445,11 @@ class RegistryService:
                 for n in nodes
             ],
             "ca_certificates": [pki.cert_to_pem(self.keys.ca_cert).decode()],
+            # What a witness or an auditor needs to check the ledger's checkpoints.
+            "ledger": {
+                "origin": self.keys.log_signer.name,
+                "key": self.keys.log_signer.verifier().to_text(),
+            },
             "revoked": [
                 {
                     "serial": c.serial,

@@ -4,8 +4,8 @@ processes on loopback, once on SQLite and once on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import hashlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -119,14 +119,20 @@ class HubProxy:
                 raise ConnectionResetError
             if self.session is None:
                 self.session = aiohttp.ClientSession()
-            headers = (
-                {}
-                if self.mode == "tamper"
-                else {k: v for k, v in request.headers.items() if k.lower() == "if-none-match"}
-            )
-            async with self.session.get(f"{self.hub_url}{request.path}", headers=headers) as r:
+            tamper = self.mode == "tamper" and request.path == "/api/v1/global-configuration"
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() in ("content-type", "if-none-match") and not tamper
+            }
+            async with self.session.request(
+                request.method,
+                f"{self.hub_url}{request.path_qs}",
+                headers=headers,
+                data=await request.read(),
+            ) as r:
                 body = await r.read()
-                if self.mode == "tamper" and r.status == 200:
+                if tamper and r.status == 200:
                     env = orjson.loads(body)
                     env["document"]["serial"] += 1000
                     env["document"]["organizations"][0]["name"] = "篡改"
@@ -140,7 +146,7 @@ class HubProxy:
                 )
 
         app = web.Application()
-        app.router.add_get("/api/v1/global-configuration", conf)
+        app.router.add_route("*", "/{tail:.*}", conf)
         return app
 
 

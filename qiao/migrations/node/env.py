@@ -2,6 +2,7 @@
 
 from qiao.db import NodeBase
 from qiao.exchange import models  # noqa: F401  (registers the tables)
+from qiao.ledger import witness_models  # noqa: F401
 from qiao.migrations.common import run
 
 run(NodeBase.metadata)

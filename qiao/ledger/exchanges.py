@@ -1,0 +1,169 @@
+"""Exchange records on the ledger: nodes submit them, the hub appends them as entries.
+
+A node signs each batch of its records with its node key (ECDSA P-256, the key its hub-issued
+certificate certifies), so the hub accepts records only from enrolled, unrevoked nodes and
+each entry names the node that vouched for it. Entries carry who, what, when, why and the
+request/response hashes: never a payload, and not the request path either (a query string
+can hold a person's identifiers; the request hash binds it instead).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import BigInteger, Index, Integer, String, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from qiao import problems
+from qiao.canonical import canonical_json
+from qiao.db import HubBase
+from qiao.problems import Problem
+from qiao.registry.models import Certificate, Node
+
+log = logging.getLogger("qiao.ledger.exchanges")
+
+SUBMISSION_KIND = "qiao-ledger-submission/1"
+MAX_BATCH = 1000
+# The record fields that become part of a ledger entry (see the module docstring).
+ENTRY_FIELDS = (
+    "exchange_id",
+    "role",
+    "client",
+    "provider_org",
+    "resource",
+    "method",
+    "purpose",
+    "end_user",
+    "peer_node",
+    "started_at",
+    "duration_ms",
+    "status",
+    "problem_type",
+    "request_bytes",
+    "response_bytes",
+    "request_hash",
+    "response_hash",
+)
+
+
+class LedgerExchange(HubBase):
+    """Which ledger entry holds which node's record of an exchange (for receipts)."""
+
+    __tablename__ = "ledger_exchanges"
+    __table_args__ = (Index("ix_ledger_exchanges_exchange_id", "exchange_id"),)
+
+    idx: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    exchange_id: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    node: Mapped[str] = mapped_column(String(64))
+
+
+def submission_bytes(node: str, records: list[dict[str, Any]]) -> bytes:
+    return canonical_json({"kind": SUBMISSION_KIND, "node": node, "records": records})
+
+
+def sign_submission(
+    key: ec.EllipticCurvePrivateKey, node: str, records: list[dict[str, Any]]
+) -> str:
+    return base64.b64encode(
+        key.sign(submission_bytes(node, records), ec.ECDSA(hashes.SHA256()))
+    ).decode()
+
+
+def record_for_ledger(row: Any) -> dict[str, Any]:
+    """A node's stored record as it travels to the hub (JSON-safe, entry fields only)."""
+    out: dict[str, Any] = {"record_id": int(row["id"])}
+    for name in ENTRY_FIELDS:
+        value = row[name]
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, float):
+            value = round(value, 3)
+        out[name] = value
+    return out
+
+
+class ExchangeLedger:
+    """Hub side: check a node's signed batch and append its records to the ledger."""
+
+    def __init__(self, sessions: sessionmaker[Session], store: Any, instance: str) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._instance = instance
+
+    def _node_key(self, node: str, fingerprint: str) -> tuple[str, Any]:
+        with self._sessions() as s:
+            row = s.execute(
+                select(Node.org_code, Certificate.pem, Certificate.revoked_at)
+                .join(Certificate, Certificate.node_id == Node.id)
+                .where(Node.name == node, Certificate.fingerprint == fingerprint)
+            ).one_or_none()
+        if row is None:
+            raise Problem(problems.FORBIDDEN, f"no certificate {fingerprint[:16]}… for node {node}")
+        if row.revoked_at is not None:
+            raise Problem(problems.FORBIDDEN, f"node {node}'s certificate is revoked")
+        return row.org_code, x509.load_pem_x509_certificate(row.pem.encode()).public_key()
+
+    def submit(
+        self, node: str, fingerprint: str, records: list[dict[str, Any]], signature: str
+    ) -> list[int]:
+        if not records or len(records) > MAX_BATCH:
+            raise Problem(problems.VALIDATION, f"submit 1 to {MAX_BATCH} records at a time")
+        org, public_key = self._node_key(node, fingerprint)
+        try:
+            public_key.verify(
+                base64.b64decode(signature, validate=True),
+                submission_bytes(node, records),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except (InvalidSignature, ValueError) as exc:
+            raise Problem(problems.FORBIDDEN, "the submission's signature does not verify") from exc
+        entries: list[tuple[str, bytes]] = []
+        for rec in records:
+            try:
+                entry = {
+                    "type": "exchange",
+                    "instance": self._instance,
+                    "node": node,
+                    "org": org,
+                    "record_id": int(rec["record_id"]),
+                    **{k: rec[k] for k in ENTRY_FIELDS},
+                }
+            except (KeyError, TypeError, ValueError) as exc:
+                raise Problem(problems.VALIDATION, f"record lacks {exc}") from exc
+            entries.append((f"exchange:{node}:{entry['record_id']}", canonical_json(entry)))
+        indices: list[int] = self._store.append(entries)
+        self._remember(node, records, indices)
+        return indices
+
+    def _remember(self, node: str, records: list[dict[str, Any]], indices: list[int]) -> None:
+        rows = [
+            {"idx": i, "exchange_id": r["exchange_id"], "role": r["role"], "node": node}
+            for r, i in zip(records, indices, strict=True)
+        ]
+        with self._sessions.begin() as s:
+            dialect = s.get_bind().dialect.name
+            ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(LedgerExchange)
+            # A resubmitted batch maps to the same indices: inserting it again changes nothing.
+            s.execute(ins.on_conflict_do_nothing(index_elements=["idx"]), rows)
+
+    def find(self, exchange_id: str) -> list[LedgerExchange]:
+        with self._sessions() as s:
+            return list(
+                s.scalars(
+                    select(LedgerExchange)
+                    .where(LedgerExchange.exchange_id == exchange_id)
+                    .order_by(LedgerExchange.idx)
+                )
+            )

@@ -1,0 +1,197 @@
+"""The hub's ledger, composed: the log store, exchange submissions, cosigning, receipts."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from qiao import problems
+from qiao.ledger.cosigning import Cosigning
+from qiao.ledger.exchanges import MAX_BATCH, ExchangeLedger
+from qiao.problems import Problem
+
+TEXT = "text/plain; charset=utf-8"
+
+
+class SubmissionIn(BaseModel):
+    node: str = Field(max_length=64)
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    records: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+    signature: str = Field(max_length=200)
+
+
+@dataclass
+class HubLedger:
+    store: Any  # qiao.ledger.store.LedgerStore
+    origin: str
+    log_key: str  # the log's C2SP verifier key
+    exchanges: ExchangeLedger
+    cosigning: Cosigning
+    interval: float = 2.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.cosigning.run_forever,
+            args=(self.interval, self._stop),
+            name="qiao-ledger-cosigning",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def receipt(self, exchange_id: str, role: str | None) -> bytes:
+        from qiao.ledger.receipt import format_receipt
+
+        entries = [e for e in self.exchanges.find(exchange_id) if role in (None, e.role)]
+        if not entries:
+            raise Problem(
+                problems.NOT_FOUND,
+                f"no ledger entry for exchange {exchange_id!r}"
+                + (f" as {role}" if role else "")
+                + " (nodes submit records within seconds; try again shortly)",
+            )
+        # The provider's record is the authoritative one when both are there.
+        entry = next((e for e in entries if e.role == "provider"), entries[0])
+        cosigned = self.cosigning.latest(covering=entry.idx)
+        if cosigned is None:
+            raise Problem(
+                problems.NOT_FOUND,
+                f"entry {entry.idx} is not yet in a cosigned checkpoint; try again",
+            )
+        proof = self.store.inclusion_proof(entry.idx, cosigned.size)
+        return format_receipt(entry.idx, proof, cosigned.note)
+
+    def policy_text(self) -> str:
+        """The C2SP tlog-policy a verifier needs: this log, its witnesses, the quorum."""
+        from qiao.ledger.policy import policy_text
+
+        witnesses = [key for key, _url in self.cosigning.registered_keys()]
+        return policy_text(
+            self.log_key,
+            witnesses,
+            self.cosigning.needed(len(witnesses)),
+        )
+
+    def verify(self) -> list[str]:
+        """Everything ``store.verify`` checks, plus every stored cosigned checkpoint: the log's
+        signature, each cosignature, and its root against the root recomputed from entries."""
+        from qiao.ledger.note import open_note, parse_verifier_key
+
+        findings: list[str] = list(self.store.verify())
+        verifiers = [parse_verifier_key(self.log_key)]
+        verifiers += [parse_verifier_key(k) for k, _u in self.cosigning.registered_keys()]
+        for size, blob, count in self.cosigning.all_cosigned():
+            try:
+                text, sigs = open_note(blob, verifiers)
+            except Exception as exc:
+                findings.append(f"cosigned checkpoint {size}: does not verify: {exc}")
+                continue
+            lines = text.splitlines()
+            if len(lines) < 3 or lines[1] != str(size):
+                findings.append(f"cosigned checkpoint {size}: names size {lines[1:2]}")
+                continue
+            if size <= self.store.size():
+                import base64
+
+                if base64.b64decode(lines[2]) != self.store.root(size):
+                    findings.append(
+                        f"cosigned checkpoint {size}: root differs from the root "
+                        "recomputed from the stored entries"
+                    )
+            if len(sigs) - 1 < count:
+                findings.append(
+                    f"cosigned checkpoint {size}: {count} cosignatures recorded, "
+                    f"{len(sigs) - 1} verify"
+                )
+        return findings
+
+    def status(self) -> dict[str, Any]:
+        latest = self.cosigning.latest()
+        registered = self.cosigning.registered()
+        return {
+            "size": self.store.size(),
+            "origin": self.origin,
+            "cosigned_size": latest.size if latest else 0,
+            "cosigned_at": latest.created_at.isoformat() if latest else None,
+            "quorum": self.cosigning.needed(len(registered)),
+            "witnesses": [
+                {
+                    "name": name,
+                    "url": url,
+                    **(
+                        {
+                            "size": w.size,
+                            "last_cosigned_at": w.last_cosigned_at,
+                            "last_error": w.last_error,
+                        }
+                        if (w := self.cosigning.witnesses.get(name))
+                        else {}
+                    ),
+                }
+                for name, url in registered
+            ],
+        }
+
+
+def ledger_api(ledger: HubLedger) -> APIRouter:
+    """Routes under /ledger that the store's C2SP tile routes do not cover."""
+    router = APIRouter(tags=["ledger"])
+
+    @router.get("/checkpoint", response_class=Response)
+    def checkpoint() -> Response:
+        """The latest checkpoint a quorum of witnesses cosigned (C2SP signed note)."""
+        latest = ledger.cosigning.latest()
+        if latest is None:
+            raise Problem(problems.NOT_FOUND, "no checkpoint has been cosigned yet")
+        return Response(latest.note, media_type=TEXT, headers={"Cache-Control": "no-cache"})
+
+    @router.get("/receipts/{exchange_id}", response_class=Response)
+    def receipt(exchange_id: str, role: str | None = None) -> Response:
+        """A C2SP tlog-proof that this exchange's record is in the cosigned log."""
+        if role not in (None, "consumer", "provider"):
+            raise Problem(problems.VALIDATION, "role is consumer or provider")
+        return Response(ledger.receipt(exchange_id, role), media_type=TEXT)
+
+    @router.get("/entries/{index}", response_class=Response)
+    def entry(index: int) -> Response:
+        """The canonical JSON of one entry (what a receipt's leaf hash covers)."""
+        if index < 0 or index >= ledger.store.size():
+            raise Problem(problems.NOT_FOUND, f"no entry {index}")
+        return Response(ledger.store.entry(index), media_type="application/json")
+
+    @router.get("/policy", response_class=Response)
+    def policy() -> Response:
+        """The C2SP tlog-policy to verify receipts with (public keys only)."""
+        return Response(ledger.policy_text(), media_type=TEXT)
+
+    @router.get("/status")
+    def status() -> dict[str, Any]:
+        return ledger.status()
+
+    return router
+
+
+def submissions_api(ledger: HubLedger) -> APIRouter:
+    router = APIRouter(tags=["ledger"])
+
+    @router.post("/api/v1/ledger/submissions")
+    def submit(body: SubmissionIn, request: Request) -> dict[str, list[int]]:
+        """A node's signed batch of exchange records; answers their ledger indices."""
+        return {
+            "indices": ledger.exchanges.submit(
+                body.node, body.fingerprint, body.records, body.signature
+            )
+        }
+
+    return router

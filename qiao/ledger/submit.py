@@ -1,0 +1,97 @@
+"""Node side: send this node's exchange records to the hub's ledger, durably and once.
+
+The exchange records table is the outbox: a record without a ledger index has not been
+accepted yet. The submitter sends the oldest such records in signed batches and stores the
+indices the hub returns. A node that cannot reach the hub keeps its records and sends them
+later; a batch sent twice (the answer was lost) gets the same indices back, because the hub
+appends by ``exchange:<node>:<record id>`` only once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, Table, bindparam, func, select, update
+
+from qiao import pki
+from qiao.exchange.models import ExchangeRecord
+from qiao.ledger.exchanges import MAX_BATCH, record_for_ledger, sign_submission
+from qiao.node.identity import NodeIdentity
+
+log = logging.getLogger("qiao.ledger.submit")
+
+
+class LedgerSubmitter:
+    def __init__(self, engine: Engine, identity: NodeIdentity, hub_url: str) -> None:
+        self._engine = engine
+        self._identity = identity
+        self._url = f"{hub_url}/api/v1/ledger/submissions"
+        self._key = pki.load_key_pem(identity.key_file.read_bytes())
+        self.submitted = 0
+        self.last_error = ""
+
+    def pending(self) -> int:
+        with self._engine.connect() as c:
+            return int(
+                c.execute(
+                    select(func.count())
+                    .select_from(ExchangeRecord)
+                    .where(ExchangeRecord.ledger_index.is_(None))
+                ).scalar_one()
+            )
+
+    def submit_once(self, client: httpx.Client) -> int:
+        """Send one batch of pending records; returns how many the hub accepted."""
+        table = ExchangeRecord.__table__
+        assert isinstance(table, Table)
+        with self._engine.connect() as c:
+            rows = list(
+                c.execute(
+                    select(table)
+                    .where(table.c.ledger_index.is_(None))
+                    .order_by(table.c.id)
+                    .limit(MAX_BATCH)
+                ).mappings()
+            )
+        if not rows:
+            return 0
+        records = [record_for_ledger(r) for r in rows]
+        body: dict[str, Any] = {
+            "node": self._identity.name,
+            "fingerprint": self._identity.fingerprint,
+            "records": records,
+            "signature": sign_submission(self._key, self._identity.name, records),
+        }
+        resp = client.post(self._url, json=body, timeout=30)
+        if resp.status_code != 200:
+            raise RuntimeError(f"hub refused the records ({resp.status_code}): {resp.text[:300]}")
+        indices = resp.json()["indices"]
+        if len(indices) != len(rows):
+            raise RuntimeError(f"hub returned {len(indices)} indices for {len(rows)} records")
+        with self._engine.begin() as c:
+            c.execute(
+                update(table)
+                .where(table.c.id == bindparam("rid"))
+                .values(ledger_index=bindparam("lix")),
+                [{"rid": r["id"], "lix": i} for r, i in zip(rows, indices, strict=True)],
+            )
+        self.submitted += len(rows)
+        return len(rows)
+
+    async def run(self, interval: float) -> None:
+        """Submit until cancelled: batches back to back while there is a backlog."""
+        with httpx.Client() as client:
+            while True:
+                try:
+                    sent = await asyncio.to_thread(self.submit_once, client)
+                    self.last_error = ""
+                except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
+                    sent = 0
+                    if not self.last_error:
+                        log.warning("ledger submission failed, will retry: %s", exc)
+                    self.last_error = f"{exc.__class__.__name__}: {exc}"[:300]
+                if sent < MAX_BATCH:
+                    await asyncio.sleep(interval)

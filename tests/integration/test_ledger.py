@@ -1,0 +1,112 @@
+"""The ledger end to end: records reach the log, witnesses cosign, receipts verify offline."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from qiao.ledger.policy import Policy
+from qiao.ledger.receipt import parse_receipt, verify_receipt
+from tests.integration.conftest import City
+
+T = ("transport", "traffic-enforcement")
+
+
+def _wait(fn: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("not reached in time")
+        time.sleep(0.2)
+
+
+def _receipt(city: City, xid: str, role: str | None = None) -> bytes:
+    url = f"{city.dep.hub_url}/ledger/receipts/{xid}" + (f"?role={role}" if role else "")
+
+    def get() -> bytes | None:
+        r = httpx.get(url)
+        return r.content if r.status_code == 200 else None
+
+    return _wait(get)  # type: ignore[no-any-return]
+
+
+def test_exchange_receipt_verifies_offline(city: City) -> None:
+    r = httpx.get(
+        city.url("transport", "police", "echo"),
+        headers=city.headers(*T, **{"X-Qiao-Purpose": "audit-test", "X-Qiao-User": "officer-9"}),
+    )
+    assert r.status_code == 200
+    xid = r.headers["x-qiao-id"]
+    policy = Policy.parse(httpx.get(f"{city.dep.hub_url}/ledger/policy").text)
+    for role in ("consumer", "provider"):
+        receipt = _receipt(city, xid, role)
+        index = parse_receipt(receipt).index
+        entry = httpx.get(f"{city.dep.hub_url}/ledger/entries/{index}").content
+        fields = json.loads(entry)
+        assert fields["exchange_id"] == xid and fields["role"] == role
+        assert fields["purpose"] == "audit-test" and fields["end_user"] == "officer-9"
+        assert fields["request_hash"] == r.headers["x-qiao-request-hash"]
+        assert "path" not in fields  # query strings can hold identifiers: never on the ledger
+        statement = verify_receipt(receipt, entry, policy)
+        assert str(index) in statement
+        # The receipt is for this entry only.
+        other = entry.replace(b"officer-9", b"officer-8")
+        try:
+            verify_receipt(receipt, other, policy)
+        except Exception as exc:
+            assert "inclusion" in str(exc).lower() or "root" in str(exc).lower()
+        else:
+            raise AssertionError("a different entry verified")
+
+
+def test_every_record_reaches_the_ledger_once(city: City) -> None:
+    ids = []
+    for _ in range(20):
+        r = httpx.get(city.url("transport", "police", "echo"), headers=city.headers(*T))
+        ids.append(r.headers["x-qiao-id"])
+    for xid in ids:
+        _receipt(city, xid)
+    status = httpx.get(f"{city.dep.hub_url}/ledger/status").json()
+    assert status["size"] >= 40
+    # Each exchange maps to exactly its two records (consumer and provider).
+    for xid in ids[:5]:
+        roles = []
+        for role in ("consumer", "provider"):
+            index = parse_receipt(_receipt(city, xid, role)).index
+            roles.append(
+                json.loads(httpx.get(f"{city.dep.hub_url}/ledger/entries/{index}").content)["role"]
+            )
+        assert roles == ["consumer", "provider"]
+
+
+def test_checkpoint_is_cosigned_by_a_quorum(city: City) -> None:
+    status = _wait(
+        lambda: (s := httpx.get(f"{city.dep.hub_url}/ledger/status").json())["cosigned_size"] and s
+    )
+    assert status["quorum"] == 2 and len(status["witnesses"]) == 3
+    note = httpx.get(f"{city.dep.hub_url}/ledger/checkpoint").text
+    assert note.count("\n— ") >= 3  # the log's signature and at least two cosignatures
+    tile = httpx.get(f"{city.dep.hub_url}/ledger/tile/0/000.p/1")
+    assert tile.status_code == 200 and len(tile.content) == 32
+    bad = httpx.get(f"{city.dep.hub_url}/ledger/tile/0/x.p/1")
+    assert bad.status_code in (400, 404)
+    assert bad.headers["content-type"].startswith("application/problem+json")
+
+
+def test_unsigned_or_foreign_submissions_are_refused(city: City) -> None:
+    body = {
+        "node": "police-node",
+        "fingerprint": "0" * 64,
+        "records": [{"record_id": 1}],
+        "signature": "AAAA",
+    }
+    r = httpx.post(f"{city.dep.hub_url}/api/v1/ledger/submissions", json=body)
+    assert r.status_code == 403 and r.json()["type"] == "urn:qiao:problem:hub:forbidden"
+    r = httpx.post(f"{city.dep.hub_url}/api/v1/ledger/submissions", content=b"{")
+    assert r.status_code == 422

@@ -1,0 +1,172 @@
+"""Ledger faults with real processes: a witness away, a hub killed mid-submission, a fork."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from qiao.db import make_engine
+from qiao.demo.backends import public_security
+from qiao.demo.city import Deployment
+from qiao.demo.people import build_city
+from qiao.exchange.models import ExchangeRecord
+from qiao.ledger import note
+from tests.integration.conftest import LoopThread
+
+T = ("transport", "traffic-enforcement")
+
+
+@pytest.fixture(scope="module")
+def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    loop = LoopThread()
+    dep = Deployment(data_dir=tmp_path_factory.mktemp("ledger-faults"))
+    dep.backend_urls = {"police": loop.serve(public_security(build_city()))}
+    try:
+        reg = dep.start_hub()
+        dep.start_nodes(reg, only={"police", "transport", "market"})
+        yield dep
+    finally:
+        dep.stop()
+        loop.close()
+
+
+def _call(dep: Deployment) -> httpx.Response:
+    node = dep.nodes["transport"]
+    return httpx.get(
+        f"{node.url}/r1/{dep.codes['police']}/vehicle-violations",
+        params={"plate": "粤B00000"},
+        headers={"X-Qiao-Client": dep.client(*T), "Authorization": f"Bearer {node.api_keys[T[1]]}"},
+        timeout=10,
+    )
+
+
+def _status(dep: Deployment) -> dict[str, Any]:
+    return httpx.get(f"{dep.hub_url}/ledger/status", timeout=5).json()  # type: ignore[no-any-return]
+
+
+def _wait(fn: Any, timeout: float = 40.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError("not reached in time")
+
+
+def _pending(dep: Deployment, dept: str) -> int:
+    eng = make_engine(dep.node_db_url(dept))
+    with eng.connect() as c:
+        n = c.execute(
+            select(func.count())
+            .select_from(ExchangeRecord)
+            .where(ExchangeRecord.ledger_index.is_(None))
+        ).scalar_one()
+    eng.dispose()
+    return int(n)
+
+
+def test_a_witness_away_does_not_stop_cosigning_and_catches_up(town: Deployment) -> None:
+    assert _call(town).status_code == 200
+    market = town.nodes["market"]
+    market.process.stop()
+    try:
+        size_before = _status(town)["size"]
+        for _ in range(5):
+            assert _call(town).status_code == 200
+        # Two of three witnesses are enough for the quorum.
+        _wait(lambda: _status(town)["cosigned_size"] > size_before)
+        away = next(w for w in _status(town)["witnesses"] if w["name"].endswith("market-node"))
+        assert away.get("last_error")
+    finally:
+        market.process.start()
+        market.process.wait_healthy()
+    for _ in range(3):
+        _call(town)
+    size = _status(town)["size"]
+
+    def caught_up() -> bool:
+        w = next(w for w in _status(town)["witnesses"] if w["name"].endswith("market-node"))
+        return w.get("size", 0) >= size and not w.get("last_error")
+
+    _wait(caught_up)
+
+
+def test_hub_killed_while_nodes_submit_loses_and_duplicates_nothing(town: Deployment) -> None:
+    assert town.hub is not None
+    for i in range(60):
+        assert _call(town).status_code == 200
+        if i == 20:
+            town.hub.kill()  # kill -9 while the nodes are submitting
+    # The nodes keep serving (cached configuration) and keep their records.
+    assert _pending(town, "transport") > 0
+    town.hub.start()
+    town.hub.wait_healthy()
+    _wait(lambda: _pending(town, "transport") == 0 and _pending(town, "police") == 0, 60)
+    # Every record is in the ledger exactly once.
+    seen: dict[tuple[str, int], int] = {}
+    size = _status(town)["size"]
+    for index in range(size):
+        entry = json.loads(httpx.get(f"{town.hub_url}/ledger/entries/{index}").content)
+        key = (entry["node"], entry["record_id"])
+        assert key not in seen, f"{key} appended twice: {seen[key]} and {index}"
+        seen[key] = index
+    for dept in ("transport", "police"):
+        eng = make_engine(town.node_db_url(dept))
+        with eng.connect() as c:
+            rows = c.execute(select(ExchangeRecord.id, ExchangeRecord.ledger_index)).all()
+        eng.dispose()
+        for rid, index in rows:
+            assert seen[(f"{dept}-node", rid)] == index
+
+
+def test_a_forked_checkpoint_is_refused_and_alerted(town: Deployment) -> None:
+    # Someone with the log's key shows a witness a different history of the same size.
+    signer = note.Signer.from_text((town.data_dir / "hub" / "ledger-signing.key").read_text())
+    witness = town.nodes["police"]
+    _wait(lambda: _status(town)["cosigned_size"])
+    seen_size = next(w for w in _status(town)["witnesses"] if w["name"].endswith("police-node"))[
+        "size"
+    ]
+    # Same size as the witness holds, another root: no consistency proof can connect them.
+    forged = note.Checkpoint(signer.name, seen_size, hashlib.sha256(b"another history").digest())
+    signed = note.sign_note(forged.format(), [signer])
+    body = f"old {seen_size}\n\n".encode() + signed
+    r = httpx.post(f"{witness.url}/witness/add-checkpoint", content=body)
+    assert r.status_code in (409, 422), r.text
+    if r.status_code == 422:
+        alerts = httpx.get(f"{witness.url}/healthz").json()["witness"]["alerts"]
+        assert any(a["kind"] == "inconsistent-checkpoint" for a in alerts)
+
+
+def test_ledger_verify_names_a_tampered_entry(town: Deployment, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from qiao.cli import app
+
+    cfg = str(town.data_dir / "hub" / "hub.toml")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["ledger", "--config", cfg, "verify"])
+    assert ok.exit_code == 0, ok.output
+    eng = make_engine(f"sqlite:///{(town.data_dir / 'hub' / 'hub.db').resolve()}")
+    with eng.begin() as c:
+        from sqlalchemy import text
+
+        c.execute(
+            text("UPDATE ledger_entries SET entry = :e WHERE idx = 3"), {"e": b'{"tampered":true}'}
+        )
+    eng.dispose()
+    bad = runner.invoke(app, ["ledger", "--config", cfg, "verify"])
+    assert bad.exit_code == 1
+    assert "3" in bad.output
