@@ -10,7 +10,8 @@ run. Then it times inclusion and consistency proofs at random indices and sizes,
 N entries and times proofs there. Prints one JSON document.
 
     .venv/bin/python bench/ledger.py [--entries 200000] [--batch 2000]
-        [--postgres postgresql://postgres@127.0.0.1:5432/test] [--size 10000000]
+        [--postgres postgresql://postgres@127.0.0.1:5432/test]
+        [--size 10000000 [--size-db big.db] [--size-verify]]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -169,27 +171,36 @@ def run_backend(url: str, entries: int, batch: int, proofs: int, raw_rate: float
     return result
 
 
-def big_log(path: Path, size: int, batch: int, proofs: int) -> dict[str, Any]:
+def big_log(path: Path, size: int, batch: int, proofs: int, verify: bool) -> dict[str, Any]:
     """Grow (or reuse) a SQLite log at ``path`` to ``size`` entries, then time proofs."""
     url = f"sqlite:///{path}"
     migrate("hub", url)
     engine = make_engine(url)
     store = LedgerStore(engine, note.Signer.generate(ORIGIN), ORIGIN)
     have = store.size()
-    t0 = time.perf_counter()
+    seconds = 0.0  # appending only: generating the entries is not the store's cost
     for i, b in enumerate(batches(have, size, batch)):
+        t0 = time.perf_counter()
         store.append(b)
+        seconds += time.perf_counter() - t0
         if i % 500 == 0:
             print(f"… {store.size():,} entries", file=sys.stderr, flush=True)
     grown = size - have
-    seconds = time.perf_counter() - t0
     result: dict[str, Any] = {
         "database": str(path),
         "database_bytes": path.stat().st_size,
         "appended_now": max(0, grown),
+        "appended_from_size": have,
         "append_entries_per_s": round(grown / seconds) if grown > 0 else None,
     }
     result["proofs"] = proof_timings(store, min(size, store.size()), proofs)
+    if verify:
+        t0 = time.perf_counter()
+        findings = store.verify()
+        result["verify_seconds"] = round(time.perf_counter() - t0, 1)
+        result["verify_findings"] = len(findings)
+    # Peak resident memory of this process over the whole run (Linux: KiB).
+    result["max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     engine.dispose()
     return result
 
@@ -218,6 +229,7 @@ def main() -> None:
     ap.add_argument("--postgres", metavar="URL", help="also run on this PostgreSQL server")
     ap.add_argument("--size", type=int, help="also time proofs on a SQLite log this large")
     ap.add_argument("--size-db", type=Path, help="where that log lives (kept, and reused)")
+    ap.add_argument("--size-verify", action="store_true", help="also verify() that log")
     args = ap.parse_args()
 
     raw = [make_entry(i) for i in range(args.entries)]
@@ -246,10 +258,14 @@ def main() -> None:
             drop()
     if args.size:
         if args.size_db:
-            result["large"] = big_log(args.size_db, args.size, args.batch, args.proofs)
+            result["large"] = big_log(
+                args.size_db, args.size, args.batch, args.proofs, args.size_verify
+            )
         else:
             with tempfile.TemporaryDirectory(prefix="qiao-bench-ledger-") as tmp:
-                result["large"] = big_log(Path(tmp) / "big.db", args.size, args.batch, args.proofs)
+                result["large"] = big_log(
+                    Path(tmp) / "big.db", args.size, args.batch, args.proofs, args.size_verify
+                )
     print(json.dumps(result, indent=2), flush=True)
 
 

@@ -371,20 +371,27 @@ def node_records(
     exchange_id: Annotated[str | None, typer.Option("--id", help="One exchange.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
-    """Show this node's exchange records."""
+    """Show this node's exchange records, with their ledger index and receipt link."""
     from qiao.db import make_engine, migrate
     from qiao.exchange.records import recent_records
 
     s = _node_settings(ctx)
     migrate("node", s.database_url)
     rows = recent_records(make_engine(s.database_url), limit, exchange_id)
+
+    def receipt(r: Any) -> str:
+        # The record's link to its proof on the ledger, once the hub has accepted it.
+        if r["ledger_index"] is None:
+            return ""
+        return f"{s.hub_url}/ledger/receipts/{r['exchange_id']}?role={r['role']}"
+
     if as_json:
         for r in rows:
-            console.print_json(
-                json.dumps({k: str(v) if k == "started_at" else v for k, v in r.items()})
-            )
+            out = {k: str(v) if k == "started_at" else v for k, v in r.items()}
+            out["receipt"] = receipt(r) or None
+            console.print_json(json.dumps(out))
         return
-    t = Table("time", "id", "role", "client", "resource", "status", "ms", "problem")
+    t = Table("time", "id", "role", "client", "resource", "status", "ms", "problem", "ledger")
     for r in rows:
         t.add_row(
             r["started_at"].isoformat(timespec="seconds"),
@@ -395,6 +402,7 @@ def node_records(
             str(r["status"]),
             f"{r['duration_ms']:.1f}",
             r["problem_type"],
+            str(r["ledger_index"]) if r["ledger_index"] is not None else "pending",
         )
     console.print(t)
 
@@ -508,6 +516,8 @@ def verify(
         statement = verify_receipt(receipt.read_bytes(), entry.read_bytes() if entry else None, pol)
     except (LedgerError, ValueError) as exc:
         raise _fail(f"receipt does not verify: {exc}", 1) from exc
+    if entry is None:
+        err.print("note: without --entry only the checkpoint was checked, not what it contains")
     console.print(f"[green]✓[/green] {statement}", soft_wrap=True)
 
 

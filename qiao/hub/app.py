@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -21,7 +22,7 @@ from qiao.ledger.cosigning import Cosigning
 from qiao.ledger.exchanges import ExchangeLedger
 from qiao.ledger.service import HubLedger, ledger_api, submissions_api
 from qiao.problems import PROBLEM_CONTENT_TYPE, Problem
-from qiao.registry.services import HubKeys, RegistryService
+from qiao.registry.services import HubKeys, RegistryService, current_actor
 
 log = logging.getLogger("qiao.hub")
 
@@ -127,12 +128,17 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     app.include_router(ledger_router(ledger.store), prefix="/ledger")
     app.include_router(submissions_api(ledger))
 
-    def operator(authorization: Annotated[str | None, Header()] = None) -> None:
-        """Administrative calls need an operator token: ``Authorization: Bearer qop_...``."""
+    async def operator(authorization: Annotated[str | None, Header()] = None) -> None:
+        """Administrative calls need an operator token: ``Authorization: Bearer qop_...``.
+
+        Async on purpose: the actor it sets for the record of administrative actions must be
+        in the request's own context, which the endpoint's worker thread then inherits."""
         if not authorization or not authorization.startswith("Bearer "):
             raise Problem(problems.UNAUTHORIZED, "send Authorization: Bearer <operator token>")
-        if not registry.check_operator_token(authorization[7:].strip()):
+        label = await run_in_threadpool(registry.check_operator_token, authorization[7:].strip())
+        if label is None:
             raise Problem(problems.FORBIDDEN, "the operator token is not valid")
+        current_actor.set(f"operator:{label}")
 
     op: list[Any] = [Depends(operator)]
 
@@ -152,6 +158,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     @app.post("/api/v1/enroll", tags=["trust"], status_code=201)
     def enroll(body: EnrollIn) -> dict[str, Any]:
         """A node exchanges a one-time enrollment token and a CSR for its certificate."""
+        current_actor.set(f"enrollment:{body.node_name}")
         e = registry.enroll(
             body.token,
             body.csr,

@@ -15,6 +15,7 @@ import base64
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,6 +62,8 @@ class Cosigning:
     quorum: int | None = None  # None: a majority of the registered witnesses
     timeout: float = 5.0
     witnesses: dict[str, WitnessStatus] = field(default_factory=dict)
+    # Work to do at the start of every round (e.g. moving admin events onto the log).
+    before_round: list[Callable[[], object]] = field(default_factory=list)
 
     def registered_keys(self) -> list[tuple[str, str]]:
         """(verifier key, URL) of every registered witness."""
@@ -167,6 +170,11 @@ class Cosigning:
         with httpx.Client() as client:
             while not stop.is_set():
                 t0 = time.monotonic()
+                for step in self.before_round:
+                    try:
+                        step()
+                    except Exception:  # the round itself must still happen
+                        log.exception("ledger step %s failed", getattr(step, "__name__", step))
                 try:
                     self.round(client)
                 except Exception:  # a round must never kill the loop; the next one retries

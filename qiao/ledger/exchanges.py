@@ -98,12 +98,12 @@ class ExchangeLedger:
     """Hub side: check a node's signed batch and append its records to the ledger."""
 
     def __init__(self, sessions: sessionmaker[Session], store: Any, instance: str) -> None:
-        self._sessions = sessions
+        self.sessions = sessions
         self._store = store
-        self._instance = instance
+        self.instance = instance
 
     def _node_key(self, node: str, fingerprint: str) -> tuple[str, Any]:
-        with self._sessions() as s:
+        with self.sessions() as s:
             row = s.execute(
                 select(Node.org_code, Certificate.pem, Certificate.revoked_at)
                 .join(Certificate, Certificate.node_id == Node.id)
@@ -134,7 +134,7 @@ class ExchangeLedger:
             try:
                 entry = {
                     "type": "exchange",
-                    "instance": self._instance,
+                    "instance": self.instance,
                     "node": node,
                     "org": org,
                     "record_id": int(rec["record_id"]),
@@ -152,14 +152,14 @@ class ExchangeLedger:
             {"idx": i, "exchange_id": r["exchange_id"], "role": r["role"], "node": node}
             for r, i in zip(records, indices, strict=True)
         ]
-        with self._sessions.begin() as s:
+        with self.sessions.begin() as s:
             dialect = s.get_bind().dialect.name
             ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(LedgerExchange)
             # A resubmitted batch maps to the same indices: inserting it again changes nothing.
             s.execute(ins.on_conflict_do_nothing(index_elements=["idx"]), rows)
 
     def find(self, exchange_id: str) -> list[LedgerExchange]:
-        with self._sessions() as s:
+        with self.sessions() as s:
             return list(
                 s.scalars(
                     select(LedgerExchange)

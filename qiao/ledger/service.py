@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,56 @@ class HubLedger:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    def pump_admin_events(self, limit: int = 1000) -> int:
+        """Append pending administrative actions to the ledger (idempotent by event id)."""
+        from sqlalchemy import bindparam, select, update
+
+        from qiao.canonical import canonical_json
+        from qiao.registry.models import AdminEvent
+
+        sessions = self.exchanges.sessions
+        with sessions() as s:
+            events = list(
+                s.scalars(
+                    select(AdminEvent)
+                    .where(AdminEvent.ledger_index.is_(None))
+                    .order_by(AdminEvent.id)
+                    .limit(limit)
+                )
+            )
+        if not events:
+            return 0
+        entries = [
+            (
+                f"admin:{e.id}",
+                canonical_json(
+                    {
+                        "type": "admin",
+                        "instance": self.exchanges.instance,
+                        "event_id": e.id,
+                        "action": e.action,
+                        "actor": e.actor,
+                        "at": e.created_at.isoformat(),
+                        "detail": json.loads(e.detail),
+                    }
+                ),
+            )
+            for e in events
+        ]
+        indices = self.store.append(entries)
+        table = AdminEvent.__table__
+        with sessions.begin() as s:
+            # Core, not ORM: an executemany UPDATE keyed by a bound parameter.
+            s.execute(
+                update(table)  # type: ignore[arg-type]
+                .where(table.c.id == bindparam("eid"))
+                .values(ledger_index=bindparam("lix")),
+                [{"eid": e.id, "lix": i} for e, i in zip(events, indices, strict=True)],
+            )
+        return len(events)
+
     def start(self) -> None:
+        self.cosigning.before_round.append(self.pump_admin_events)
         self._thread = threading.Thread(
             target=self.cosigning.run_forever,
             args=(self.interval, self._stop),

@@ -34,7 +34,7 @@ def ledger_router(store: LedgerStore) -> APIRouter:
     router = APIRouter(tags=["ledger"])
 
     @router.get("/checkpoint", response_class=Response)
-    def checkpoint() -> Response:
+    def log_checkpoint() -> Response:
         """The latest checkpoint the log signed (c2sp.org/tlog-checkpoint signed note)."""
         signed = store.latest_checkpoint()
         if signed is None:
@@ -42,7 +42,7 @@ def ledger_router(store: LedgerStore) -> APIRouter:
         return Response(signed, media_type=TEXT, headers={"Cache-Control": "no-cache"})
 
     @router.get("/tile/{path:path}", response_class=Response)
-    def tile(path: str) -> Response:
+    def log_tile(path: str) -> Response:
         """A hash tile ``tile/<L>/<N>[.p/<W>]`` or an entry bundle
         ``tile/entries/<N>[.p/<W>]`` (c2sp.org/tlog-tiles)."""
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from qiao.db import HubBase, UTCDateTime, utcnow
@@ -133,3 +133,17 @@ class RegistryRevision(HubBase):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     serial: Mapped[int] = mapped_column(Integer, default=1)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AdminEvent(HubBase):
+    """An administrative action on the hub, on its way to the ledger (the admin outbox)."""
+
+    __tablename__ = "admin_events"
+    __table_args__ = (Index("ix_admin_events_ledger_index", "ledger_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ledger_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -6,9 +6,14 @@ configuration; nodes notice the new serial on their next fetch.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import json
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +34,7 @@ from qiao.ledger import note
 from qiao.ledger.errors import LedgerError
 from qiao.problems import Problem
 from qiao.registry.models import (
+    AdminEvent,
     App,
     Certificate,
     EnrollmentToken,
@@ -39,6 +45,20 @@ from qiao.registry.models import (
     Resource,
     ResourceClient,
 )
+
+# Who is acting, for the record of administrative actions: the hub's API sets the operator
+# token's label for each request; commands run as the local user.
+current_actor: ContextVar[str] = ContextVar("current_actor", default=f"cli:{getpass.getuser()}")
+
+
+@contextmanager
+def acting(actor: str) -> Iterator[None]:
+    token = current_actor.set(actor)
+    try:
+        yield
+    finally:
+        current_actor.reset(token)
+
 
 _CODE_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -151,7 +171,7 @@ class RegistryService:
                 raise Problem(problems.CONFLICT, f"organization {code} is already registered")
             org = Organization(code=code, name=name.strip(), name_en=name_en, kind=kind)
             s.add(org)
-            self._bump(s)
+            self._bump(s, "organization.add", org=code, name=org.name, kind=kind)
         return org
 
     def list_organizations(self) -> list[Organization]:
@@ -174,7 +194,7 @@ class RegistryService:
                 s.flush()
             except IntegrityError as exc:
                 raise Problem(problems.CONFLICT, f"app {code} exists in {org}") from exc
-            self._bump(s)
+            self._bump(s, "app.add", org=org, app=code)
         return app
 
     def list_apps(self, org_code: str | None = None) -> list[App]:
@@ -194,7 +214,7 @@ class RegistryService:
                 s.flush()
             except IntegrityError as exc:
                 raise Problem(problems.CONFLICT, f"resource {code} exists in {org}") from exc
-            self._bump(s)
+            self._bump(s, "resource.add", org=org, resource=code)
         return res
 
     def _resource(self, s: Session, org_code: str, code: str) -> Resource:
@@ -218,13 +238,13 @@ class RegistryService:
             res = self._resource(s, org_code, code)
             if client not in {c.client for c in res.allowed}:
                 res.allowed.append(ResourceClient(client=client))
-                self._bump(s)
+                self._bump(s, "resource.allow", org=res.org_code, resource=code, client=client)
 
     def disallow(self, org_code: str, code: str, client: str) -> None:
         with self._sessions.begin() as s:
             res = self._resource(s, org_code, code)
             res.allowed = [c for c in res.allowed if c.client != client]
-            self._bump(s)
+            self._bump(s, "resource.disallow", org=res.org_code, resource=code, client=client)
 
     def list_resources(self) -> list[tuple[Resource, list[str]]]:
         with self._sessions() as s:
@@ -239,6 +259,7 @@ class RegistryService:
         with self._sessions.begin() as s:
             org = self._org(s, org_code)
             s.add(EnrollmentToken(org_code=org.code, token_hash=_hash(token), expires_at=expires))
+            self._event(s, "enrollment-token.create", org=org.code, expires_at=expires.isoformat())
         return token, expires
 
     def enroll(
@@ -319,7 +340,7 @@ class RegistryService:
                     not_after=cert.not_valid_after_utc,
                 )
             )
-            self._bump(s)
+            self._bump(s, "node.enroll", org=used, node=node_name, certificate=pki.serial_hex(cert))
             org = used
         return Enrollment(
             node_name=node_name,
@@ -354,7 +375,7 @@ class RegistryService:
             for c in certs:
                 c.revoked_at = utcnow()
                 c.revocation_reason = reason
-            self._bump(s)
+            self._bump(s, "certificate.revoke", serials=[c.serial for c in certs], reason=reason)
             return [c.serial for c in certs]
 
     def list_nodes(self) -> list[tuple[Node, list[Certificate]]]:
@@ -371,16 +392,17 @@ class RegistryService:
         token = "qop_" + secrets.token_urlsafe(32)
         with self._sessions.begin() as s:
             s.add(OperatorToken(label=label, token_hash=_hash(token)))
+            self._event(s, "operator-token.create", label=label)
         return token
 
-    def check_operator_token(self, token: str) -> bool:
+    def check_operator_token(self, token: str) -> str | None:
+        """The token's label if it is a valid operator token, else None."""
         with self._sessions() as s:
-            row = s.scalar(
-                select(OperatorToken.id).where(
+            return s.scalar(
+                select(OperatorToken.label).where(
                     OperatorToken.token_hash == _hash(token), OperatorToken.revoked_at.is_(None)
                 )
             )
-        return row is not None
 
     # --- the signed global configuration ---------------------------------------------------
     def serial(self) -> int:
@@ -388,7 +410,19 @@ class RegistryService:
             rev = s.get(RegistryRevision, 1)
             return rev.serial if rev else 1
 
-    def _bump(self, s: Session) -> None:
+    def _event(self, s: Session, action: str, **detail: Any) -> None:
+        """Record an administrative action in the same transaction as the action itself; the
+        ledger takes it from there (``AdminEvent`` is its outbox)."""
+        s.add(
+            AdminEvent(
+                action=action,
+                actor=current_actor.get(),
+                detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
+            )
+        )
+
+    def _bump(self, s: Session, action: str, **detail: Any) -> None:
+        self._event(s, action, **detail)
         rev = s.get(RegistryRevision, 1, with_for_update=True)
         if rev is None:
             s.add(RegistryRevision(id=1, serial=2, changed_at=utcnow()))

@@ -48,6 +48,25 @@ def test_administration_needs_an_operator_token(hub: tuple[TestClient, str]) -> 
         _problem(client.get(path), 401, "urn:qiao:problem:hub:unauthorized")
 
 
+def test_administrative_actions_record_the_operator(hub: tuple[TestClient, str]) -> None:
+    from sqlalchemy import select
+
+    from qiao.registry.models import AdminEvent
+
+    client, token = hub
+    r = client.post(
+        "/api/v1/organizations",
+        json={"code": ORG, "name": "甲"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 201
+    registry = client.app.state.registry  # type: ignore[attr-defined]
+    with registry._sessions() as s:
+        events = list(s.scalars(select(AdminEvent).order_by(AdminEvent.id)))
+    assert [(e.action, e.actor) for e in events][-1] == ("organization.add", "operator:test")
+    assert ORG in events[-1].detail
+
+
 def test_errors_are_problem_json(hub: tuple[TestClient, str]) -> None:
     client, token = hub
     auth = {"Authorization": f"Bearer {token}"}

@@ -110,3 +110,78 @@ def test_unsigned_or_foreign_submissions_are_refused(city: City) -> None:
     assert r.status_code == 403 and r.json()["type"] == "urn:qiao:problem:hub:forbidden"
     r = httpx.post(f"{city.dep.hub_url}/api/v1/ledger/submissions", content=b"{")
     assert r.status_code == 422
+
+
+def test_administrative_actions_are_on_the_ledger(city: City) -> None:
+    def actions() -> dict[str, set[str]]:
+        size = httpx.get(f"{city.dep.hub_url}/ledger/status").json()["size"]
+        found: dict[str, set[str]] = {}
+        for index in range(size):
+            e = json.loads(httpx.get(f"{city.dep.hub_url}/ledger/entries/{index}").content)
+            if e["type"] == "admin":
+                found.setdefault(e["action"], set()).add(e["actor"])
+        return found
+
+    found = _wait(lambda: (a := actions()).get("node.enroll") and a)
+    assert {
+        "organization.add",
+        "app.add",
+        "resource.add",
+        "resource.allow",
+        "enrollment-token.create",
+        "node.enroll",
+    } <= set(found)
+    assert all(actor.startswith("enrollment:") for actor in found["node.enroll"])
+    assert all(actor.startswith("cli:") for actor in found["organization.add"])
+
+
+def test_records_link_their_receipt_and_qiao_verify_checks_it(city: City, tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from qiao.cli import app
+
+    r = httpx.get(city.url("transport", "police", "echo"), headers=city.headers(*T))
+    xid = r.headers["x-qiao-id"]
+    receipt = _receipt(city, xid, "consumer")
+    runner = CliRunner()
+    cfg = str(city.dep.nodes["transport"].config)
+    out = runner.invoke(app, ["node", "--config", cfg, "records", "--json", "--id", xid])
+    assert out.exit_code == 0, out.output
+    link = json.loads(out.stdout)["receipt"]
+    assert link.endswith(f"/ledger/receipts/{xid}?role=consumer")
+    assert httpx.get(
+        link.replace(city.dep.node_settings["hub_url"], city.dep.hub_url)
+    ).content.startswith(b"c2sp.org/tlog-proof@v1")
+    index = parse_receipt(receipt).index
+    files = {
+        "receipt": receipt,
+        "policy": httpx.get(f"{city.dep.hub_url}/ledger/policy").content,
+        "entry": httpx.get(f"{city.dep.hub_url}/ledger/entries/{index}").content,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    ok = runner.invoke(
+        app,
+        [
+            "verify",
+            str(tmp_path / "receipt"),
+            "--policy",
+            str(tmp_path / "policy"),
+            "--entry",
+            str(tmp_path / "entry"),
+        ],
+    )
+    assert ok.exit_code == 0 and f"entry {index} is in log" in ok.stdout
+    (tmp_path / "entry").write_bytes(files["entry"].replace(b"consumer", b"provider"))
+    bad = runner.invoke(
+        app,
+        [
+            "verify",
+            str(tmp_path / "receipt"),
+            "--policy",
+            str(tmp_path / "policy"),
+            "--entry",
+            str(tmp_path / "entry"),
+        ],
+    )
+    assert bad.exit_code == 1 and "does not verify" in bad.output

@@ -1,6 +1,8 @@
 """Alembic environment of the hub's database."""
 
 from qiao.db import HubBase
+from qiao.ledger import cosigning, exchanges  # noqa: F401
+from qiao.ledger import models as ledger_models  # noqa: F401
 from qiao.migrations.common import run
 from qiao.registry import models  # noqa: F401  (registers the tables)
 
