@@ -52,6 +52,9 @@ UNKNOWN_PROVIDER = _t("client", "unknown-provider", 404, "No such provider organ
 UNKNOWN_RESOURCE = _t("client", "unknown-resource", 404, "No such resource at this provider")
 NOT_ALLOWED = _t("client", "not-allowed", 403, "The client may not use this resource")
 BODY_TOO_LARGE = _t("client", "body-too-large", 413, "The request body is over the limit")
+BAD_TILE_PATH = _t(
+    "client", "bad-tile-path", 400, "The path is not a C2SP tlog-tiles tile or entry bundle path"
+)
 METHOD_NOT_ALLOWED = _t("client", "method-not-allowed", 405, "Method not allowed here")
 
 # --- consumer-side errors: the caller's own node could not carry the exchange --------------

@@ -102,7 +102,9 @@ class Cosigning:
         latest = self.latest(quorum_only=False)
         if latest is not None and latest.size == size and latest.quorum_met:
             return latest
-        signed: bytes = self.store.sign_checkpoint()
+        # Sign exactly the size read above: entries appended meanwhile wait for the next round,
+        # so the stored row's size and its note always agree.
+        signed: bytes = self.store.sign_checkpoint(size)
         registered = self.registered()
         lines: list[str] = []
         for name, url in registered:

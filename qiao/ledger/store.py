@@ -158,8 +158,10 @@ class LedgerStore:
                 )
         return indices
 
-    def sign_checkpoint(self) -> bytes:
-        """Sign and store a checkpoint (c2sp.org/tlog-checkpoint) for the current size.
+    def sign_checkpoint(self, size: int | None = None) -> bytes:
+        """Sign and store a checkpoint (c2sp.org/tlog-checkpoint) for the current size, or
+        for ``size`` (at most the current size; a caller that read the size before may
+        name it, since appends can go on in between).
 
         Refuses (:class:`ForkRefused`) rather than sign a root that contradicts a stored
         checkpoint: another root for a signed size, a smaller size after a larger one, or a
@@ -169,7 +171,11 @@ class LedgerStore:
         answers the stored checkpoint.
         """
         with self._writing() as conn:
-            size = self._locked_size(conn)
+            current = self._locked_size(conn)
+            if size is None:
+                size = current
+            elif not 0 <= size <= current:
+                raise ValueError(f"cannot sign size {size}: the log has {current} entries")
             # Fresh reads, not the shared cache: the signature must cover what the database
             # holds now, whatever this process saw before.
             tree = _TreeReader(conn, _TileCache(TILE_HEIGHT * 4))
@@ -183,8 +189,8 @@ class LedgerStore:
                 signed_size, signed_root, signed_note = latest
                 if signed_size > size:
                     raise ForkRefused(
-                        f"the log signed size {signed_size} before and now has {size} entries: "
-                        "refusing to sign a smaller tree (was the database rolled back?)"
+                        f"the log signed size {signed_size} before: refusing to sign the smaller "
+                        f"size {size} (the log has {current} entries; rolled back?)"
                     )
                 if signed_size == size:
                     if signed_root != root:

@@ -14,13 +14,10 @@ from qiao import problems
 from qiao.ledger.errors import TileError
 from qiao.ledger.store import LedgerStore
 from qiao.ledger.tiles import TILE_WIDTH, parse_tile_path
-from qiao.problems import Problem, ProblemType
+from qiao.problems import Problem
 
 # A tile path that is not the one canonical spelling of a tile is the client's mistake (400),
 # not a missing resource: tlog-tiles names every tile by exactly one path.
-BAD_TILE_PATH = ProblemType(
-    "client", "bad-tile-path", 400, "The path is not a C2SP tlog-tiles tile or entry bundle path"
-)
 
 TEXT = "text/plain; charset=utf-8"
 # c2sp.org/tlog-tiles "Tiles": full tiles are immutable and may be cached indefinitely.
@@ -48,7 +45,7 @@ def ledger_router(store: LedgerStore) -> APIRouter:
         try:
             t = parse_tile_path("tile/" + path)
         except TileError as exc:
-            raise Problem(BAD_TILE_PATH, str(exc)) from exc
+            raise Problem(problems.BAD_TILE_PATH, str(exc)) from exc
         if t.entries:
             data = store.entry_bundle(t.index, t.width)
         else:

@@ -236,6 +236,15 @@ def test_checkpoints_are_signed_and_consistent(store: LedgerStore, signer: note.
     proof = store.consistency_proof(1000, 1333)
     merkle.verify_consistency(1000, 1333, proof, checkpoint.root_hash, newer.root_hash)
     assert store.latest_checkpoint() == second
+    # A caller that read the size earlier may sign exactly that size, never an older one.
+    store.append(batch(1333, 10))
+    third, _ = note.open_checkpoint(store.sign_checkpoint(1340), [store.verifier])
+    assert (third.size, third.root_hash) == (1340, memory_tree(1340).root())
+    with pytest.raises(ForkRefused, match="smaller"):
+        store.sign_checkpoint(1339)
+    with pytest.raises(ValueError, match="1344"):
+        store.sign_checkpoint(1344)
+    assert note.open_checkpoint(store.sign_checkpoint(), [store.verifier])[0].size == 1343
 
 
 def test_signing_an_empty_log(store: LedgerStore) -> None:
