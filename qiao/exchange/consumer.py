@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 
 import aiohttp
@@ -18,19 +17,10 @@ from yarl import URL
 
 from qiao import problems
 from qiao.config import NodeSettings
-from qiao.db import utcnow
 from qiao.exchange import protocol as p
 from qiao.exchange.keys import ApiKeyService
-from qiao.exchange.records import Record, RecordWriter
-from qiao.exchange.relay import (
-    RequestBody,
-    ResponseOutcome,
-    client_session,
-    forward_headers,
-    problem_response,
-    relay_response,
-    upstream_failure,
-)
+from qiao.exchange.records import RecordWriter
+from qiao.exchange.relay import Exchange, client_session, forward_headers, upstream_failure
 from qiao.globalconf import GlobalConf, NodeEntry
 from qiao.node.confcache import ConfigurationCache
 from qiao.node.identity import NodeIdentity
@@ -132,50 +122,23 @@ class ConsumerGateway:
             await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started, t0 = utcnow(), time.perf_counter()
-        headers = request.headers
-        rec = Record(
-            exchange_id="",
-            role="consumer",
-            client=(headers.get(p.H_CLIENT) or "")[:200],
-            provider_org="",
-            resource="",
-            method=request.method,
-            path=request.path_qs[:2000],
-            started_at=started,
+        x = Exchange(
+            request,
+            "consumer",
+            self._writer,
+            limit=self._settings.max_body_bytes,
+            too_large=problems.BODY_TOO_LARGE,
+            broken_off=problems.PROVIDER_UNREACHABLE,
         )
-        body = RequestBody(request, self._settings.max_body_bytes, problems.BODY_TOO_LARGE)
-        outcome = ResponseOutcome()
-        out_headers: dict[str, str] = {}
-
-        async def finish() -> None:
-            rec.duration_ms = (time.perf_counter() - t0) * 1000
-            rec.request_bytes, rec.response_bytes = body.size, outcome.size
-            rec.response_hash = outcome.sha256
-            await self._writer.write(rec)
-
         try:
-            rec.exchange_id = p.exchange_id(headers.get(p.H_ID))
-            out_headers[p.H_ID] = rec.exchange_id
-            target = p.parse_target(request.path)
-            rec.provider_org, rec.resource = target.provider_org, target.resource
-            client = p.parse_client(headers.get(p.H_CLIENT))
-            rec.purpose = p.optional_text(p.H_PURPOSE, headers.get(p.H_PURPOSE))
-            rec.end_user = p.optional_text(p.H_USER, headers.get(p.H_USER))
+            target, client = x.read(request)
             self._authenticate(request, client)
             conf = self._conf.usable()
             provider = self._route(conf, client, target)
-            rec.peer_node = provider.name
-            return await self._forward(
-                request, target, client, provider, body, rec, outcome, out_headers, finish
-            )
+            x.record.peer_node = provider.name
+            return await self._forward(request, provider, x)
         except Problem as refused:
-            problem = body.problem() if body.over_limit else refused
-            rec.status, rec.problem_type = problem.status, problem.kind.uri
-            resp = problem_response(problem, out_headers)
-            outcome.size = len(resp.body) if isinstance(resp.body, bytes) else 0
-            await finish()
-            return resp
+            return await x.refuse(refused)
 
     def _authenticate(self, request: web.Request, client: p.Client) -> None:
         auth = request.headers.get("Authorization", "")
@@ -218,32 +181,20 @@ class ConsumerGateway:
         )
 
     async def _forward(
-        self,
-        request: web.Request,
-        target: p.Target,
-        client: p.Client,
-        provider: NodeEntry,
-        body: RequestBody,
-        rec: Record,
-        outcome: ResponseOutcome,
-        out_headers: dict[str, str],
-        finish: Callable[[], object],
+        self, request: web.Request, provider: NodeEntry, x: Exchange
     ) -> web.StreamResponse:
         assert self._session is not None
-        rec.client = str(client)
-        fwd = forward_headers(request, rec)
+        rec = x.record
         url = URL(provider.address + request.raw_path, encoded=True)
-        data = await body.open()
+        data = await x.body.open()
         try:
             upstream = await self._session.request(
                 request.method,
                 url,
                 data=data,
-                headers=fwd,
+                headers=forward_headers(request, rec),
                 allow_redirects=False,
             )
-        except Problem:
-            raise
         except aiohttp.ServerFingerprintMismatch as exc:
             raise Problem(
                 problems.PROVIDER_NOT_TRUSTED,
@@ -254,8 +205,8 @@ class ConsumerGateway:
                 problems.PROVIDER_NOT_TRUSTED, f"TLS with node {provider.name} failed: {exc}"
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if body.over_limit:
-                raise body.problem() from exc
+            if x.body.over_limit:
+                raise x.body.problem() from exc
             raise upstream_failure(
                 exc,
                 problems.PROVIDER_UNREACHABLE,
@@ -265,7 +216,7 @@ class ConsumerGateway:
         async with upstream:
             rec.status = upstream.status
             rec.request_hash = p.request_hash(
-                request.method, request.path_qs, rec.exchange_id, str(client), body.sha256
+                request.method, request.path_qs, rec.exchange_id, rec.client, x.body.sha256
             )
             theirs = upstream.headers.get(p.H_REQUEST_HASH, "")
             # A provider may refuse before reading the body (and then cannot hash it), but an
@@ -276,23 +227,5 @@ class ConsumerGateway:
                     f"node {provider.name} hashed the request as {theirs}, "
                     f"this node as {rec.request_hash}",
                 )
-            out_headers[p.H_REQUEST_HASH] = rec.request_hash
-
-            async def before_end() -> None:
-                rec.problem_type = outcome.problem_type
-                await finish()  # type: ignore[misc]
-
-            try:
-                return await relay_response(request, upstream, out_headers, outcome, before_end)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # The provider dropped the response midway: record it as such.
-                rec.status = 502
-                rec.problem_type = problems.PROVIDER_UNREACHABLE.uri
-                log.warning(
-                    "exchange %s: response from %s broke off: %s",
-                    rec.exchange_id,
-                    provider.name,
-                    exc,
-                )
-                await finish()  # type: ignore[misc]
-                raise
+            x.headers[p.H_REQUEST_HASH] = rec.request_hash
+            return await x.relay(request, upstream)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 
 import aiohttp
 from aiohttp import web
@@ -17,17 +16,13 @@ from yarl import URL
 
 from qiao import problems
 from qiao.config import NodeSettings
-from qiao.db import utcnow
 from qiao.exchange import protocol as p
-from qiao.exchange.records import Record, RecordWriter
+from qiao.exchange.records import RecordWriter
 from qiao.exchange.relay import (
-    RequestBody,
-    ResponseOutcome,
+    Exchange,
     client_session,
     forward_headers,
-    problem_response,
     raw_rest,
-    relay_response,
     upstream_failure,
 )
 from qiao.globalconf import GlobalConf, NodeEntry
@@ -73,55 +68,28 @@ class ProviderGateway:
             await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started, t0 = utcnow(), time.perf_counter()
-        headers = request.headers
-        rec = Record(
-            exchange_id=(headers.get(p.H_ID) or "")[:128],
-            role="provider",
-            client=(headers.get(p.H_CLIENT) or "")[:200],
-            provider_org="",
-            resource="",
-            method=request.method,
-            path=request.path_qs[:2000],
-            started_at=started,
+        x = Exchange(
+            request,
+            "provider",
+            self._writer,
+            limit=self._settings.max_body_bytes,
+            too_large=problems.PROVIDER_BODY_TOO_LARGE,
+            broken_off=problems.BACKEND_UNAVAILABLE,
         )
-        body = RequestBody(request, self._settings.max_body_bytes, problems.PROVIDER_BODY_TOO_LARGE)
-        outcome = ResponseOutcome()
-        out_headers: dict[str, str] = {}
-
-        async def finish() -> None:
-            rec.duration_ms = (time.perf_counter() - t0) * 1000
-            rec.request_bytes, rec.response_bytes = body.size, outcome.size
-            rec.response_hash = outcome.sha256
-            await self._writer.write(rec)
-
         try:
             conf = self._conf.usable(problems.PROVIDER_CONFIGURATION_EXPIRED)
             caller = self._caller(conf, request)
-            rec.peer_node = caller.name
-            rec.exchange_id = p.exchange_id(headers.get(p.H_ID))
-            out_headers[p.H_ID] = rec.exchange_id
-            target = p.parse_target(request.path)
-            rec.provider_org, rec.resource = target.provider_org, target.resource
-            client = p.parse_client(headers.get(p.H_CLIENT))
-            rec.purpose = p.optional_text(p.H_PURPOSE, headers.get(p.H_PURPOSE))
-            rec.end_user = p.optional_text(p.H_USER, headers.get(p.H_USER))
+            x.record.peer_node = caller.name
+            target, client = x.read(request)
             if client.org != caller.org:
                 raise Problem(
                     problems.CERTIFICATE_MISMATCH,
                     f"node {caller.name} of {caller.org} may not call for {client}",
                 )
             backend = self._authorize(conf, client, target)
-            return await self._forward(
-                request, target, client, backend, body, rec, outcome, out_headers, finish
-            )
+            return await self._forward(request, target, backend, x)
         except Problem as refused:
-            problem = body.problem() if body.over_limit else refused
-            rec.status, rec.problem_type = problem.status, problem.kind.uri
-            resp = problem_response(problem, out_headers)
-            outcome.size = len(resp.body) if isinstance(resp.body, bytes) else 0
-            await finish()
-            return resp
+            return await x.refuse(refused)
 
     def _caller(self, conf: GlobalConf, request: web.Request) -> NodeEntry:
         fp = peer_fingerprint(request)
@@ -156,33 +124,23 @@ class ProviderGateway:
         return service.url.rstrip("/")
 
     async def _forward(
-        self,
-        request: web.Request,
-        target: p.Target,
-        client: p.Client,
-        backend: str,
-        body: RequestBody,
-        rec: Record,
-        outcome: ResponseOutcome,
-        out_headers: dict[str, str],
-        finish: object,
+        self, request: web.Request, target: p.Target, backend: str, x: Exchange
     ) -> web.StreamResponse:
         assert self._session is not None
-        rec.client = str(client)
-        fwd = forward_headers(request, rec)
-        data = await body.open()
+        rec = x.record
+        data = await x.body.open()
         try:
             upstream = await self._session.request(
                 request.method,
                 URL(backend + raw_rest(request), encoded=True),
                 data=data,
-                headers=fwd,
+                headers=forward_headers(request, rec),
                 timeout=self._timeouts[target.resource],
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if body.over_limit:
-                raise body.problem() from exc
+            if x.body.over_limit:
+                raise x.body.problem() from exc
             raise upstream_failure(
                 exc,
                 problems.BACKEND_UNAVAILABLE,
@@ -190,21 +148,10 @@ class ProviderGateway:
                 f"the backend of {target.resource}",
             ) from exc
         async with upstream:
-            await body.drain()
-            rec.status = upstream.status
+            # Hash all of the request, also what the backend did not read, before answering.
+            await x.body.drain()
             rec.request_hash = p.request_hash(
-                request.method, request.path_qs, rec.exchange_id, str(client), body.sha256
+                request.method, request.path_qs, rec.exchange_id, rec.client, x.body.sha256
             )
-            out_headers[p.H_REQUEST_HASH] = rec.request_hash
-
-            async def before_end() -> None:
-                rec.problem_type = outcome.problem_type
-                await finish()  # type: ignore[operator]
-
-            try:
-                return await relay_response(request, upstream, out_headers, outcome, before_end)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                rec.status, rec.problem_type = 502, problems.BACKEND_UNAVAILABLE.uri
-                log.warning("exchange %s: backend response broke off: %s", rec.exchange_id, exc)
-                await finish()  # type: ignore[operator]
-                raise
+            x.headers[p.H_REQUEST_HASH] = rec.request_hash
+            return await x.relay(request, upstream)

@@ -8,6 +8,8 @@ a request body is cut off as soon as it passes the configured limit.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ import aiohttp
 import orjson
 from aiohttp import ClientResponse, web
 
+from qiao.db import utcnow
 from qiao.exchange.protocol import (
     FORWARD_REQUEST_HEADERS,
     FORWARD_RESPONSE_HEADERS,
@@ -22,9 +25,17 @@ from qiao.exchange.protocol import (
     H_ID,
     H_PURPOSE,
     H_USER,
+    Client,
+    Target,
+    exchange_id,
+    optional_text,
+    parse_client,
+    parse_target,
 )
+from qiao.exchange.records import Record, RecordWriter
 from qiao.problems import PROBLEM_CONTENT_TYPE, Problem, ProblemType
 
+log = logging.getLogger("qiao.exchange")
 CHUNK = 64 * 1024
 SMALL = 256 * 1024
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -131,6 +142,81 @@ def problem_type_of(content_type: str, body: bytes) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         return ""
     return value[:120] if isinstance(value, str) else ""
+
+
+class Exchange:
+    """One exchange as a node handles it, consumer or provider side: the record it writes,
+    the request body it moves, what came back, and how it ends. Either way the record is
+    committed before the caller sees the end of the answer."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        role: str,
+        writer: RecordWriter,
+        *,
+        limit: int,
+        too_large: ProblemType,
+        broken_off: ProblemType,
+    ) -> None:
+        self._t0 = time.perf_counter()
+        self._broken_off = broken_off  # how to record an answer the next hop broke off
+        self._writer = writer
+        h = request.headers
+        self.record = Record(
+            exchange_id=(h.get(H_ID) or "")[:128],
+            role=role,
+            client=(h.get(H_CLIENT) or "")[:200],
+            provider_org="",
+            resource="",
+            method=request.method,
+            path=request.path_qs[:2000],
+            started_at=utcnow(),
+        )
+        self.body = RequestBody(request, limit, too_large)
+        self.outcome = ResponseOutcome()
+        self.headers: dict[str, str] = {}  # Qiao headers of our answer
+
+    def read(self, request: web.Request) -> tuple[Target, Client]:
+        """Check the Qiao headers and the target, filling in the record as far as they go."""
+        rec, h = self.record, request.headers
+        rec.exchange_id = exchange_id(h.get(H_ID))
+        self.headers[H_ID] = rec.exchange_id
+        target = parse_target(request.path)
+        rec.provider_org, rec.resource = target.provider_org, target.resource
+        client = parse_client(h.get(H_CLIENT))
+        rec.client = str(client)
+        rec.purpose = optional_text(H_PURPOSE, h.get(H_PURPOSE))
+        rec.end_user = optional_text(H_USER, h.get(H_USER))
+        return target, client
+
+    async def finish(self) -> None:
+        rec = self.record
+        rec.duration_ms = (time.perf_counter() - self._t0) * 1000
+        rec.request_bytes, rec.response_bytes = self.body.size, self.outcome.size
+        rec.response_hash = self.outcome.sha256
+        rec.problem_type = rec.problem_type or self.outcome.problem_type
+        await self._writer.write(rec)
+
+    async def refuse(self, refused: Problem) -> web.Response:
+        """Answer with a problem (the body limit's, if the body ran over) and record it."""
+        problem = self.body.problem() if self.body.over_limit else refused
+        self.record.status, self.record.problem_type = problem.status, problem.kind.uri
+        resp = problem_response(problem, self.headers)
+        self.outcome.size = len(resp.body) if isinstance(resp.body, bytes) else 0
+        await self.finish()
+        return resp
+
+    async def relay(self, request: web.Request, upstream: ClientResponse) -> web.StreamResponse:
+        """Pass the next hop's answer back; record a response that broke off midway as 502."""
+        self.record.status = upstream.status
+        try:
+            return await relay_response(request, upstream, self.headers, self.outcome, self.finish)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.record.status, self.record.problem_type = 502, self._broken_off.uri
+            log.warning("exchange %s: the answer broke off: %s", self.record.exchange_id, exc)
+            await self.finish()
+            raise
 
 
 class ResponseOutcome:
