@@ -99,6 +99,7 @@ class Node:
         }
         if self.submitter is not None:
             body["ledger"] = {
+                "pending": self.submitter.pending(),
                 "submitted": self.submitter.submitted,
                 "last_error": self.submitter.last_error,
             }

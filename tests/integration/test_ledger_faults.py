@@ -114,6 +114,8 @@ def test_hub_killed_while_nodes_submit_loses_and_duplicates_nothing(town: Deploy
     town.hub.start()
     town.hub.wait_healthy()
     _wait(lambda: _pending(town, "transport") == 0 and _pending(town, "police") == 0, 60)
+    health = httpx.get(f"{town.nodes['transport'].url}/healthz").json()["ledger"]
+    assert health["pending"] == 0 and health["submitted"] > 0
     # Every record is in the ledger exactly once.
     seen: dict[tuple[str, int], int] = {}
     size = _status(town)["size"]
