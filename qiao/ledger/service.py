@@ -22,7 +22,7 @@ TEXT = "text/plain; charset=utf-8"
 class SubmissionIn(BaseModel):
     node: str = Field(max_length=64)
     fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
-    records: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+    batch: str = Field(max_length=MAX_BATCH * 2000, description="the signed batch, as JSON text")
     signature: str = Field(max_length=200)
 
 
@@ -240,7 +240,7 @@ def submissions_api(ledger: HubLedger) -> APIRouter:
         """A node's signed batch of exchange records; answers their ledger indices."""
         return {
             "indices": ledger.exchanges.submit(
-                body.node, body.fingerprint, body.records, body.signature
+                body.node, body.fingerprint, body.batch, body.signature
             )
         }
 

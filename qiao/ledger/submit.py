@@ -18,7 +18,7 @@ from sqlalchemy import Engine, Table, bindparam, func, select, update
 
 from qiao import pki
 from qiao.exchange.models import ExchangeRecord
-from qiao.ledger.exchanges import MAX_BATCH, record_for_ledger, sign_submission
+from qiao.ledger.exchanges import MAX_BATCH, encode_batch, record_for_ledger, sign_batch
 from qiao.node.identity import NodeIdentity
 
 log = logging.getLogger("qiao.ledger.submit")
@@ -58,12 +58,12 @@ class LedgerSubmitter:
             )
         if not rows:
             return 0
-        records = [record_for_ledger(r) for r in rows]
+        batch = encode_batch(self._identity.name, [record_for_ledger(r) for r in rows])
         body: dict[str, Any] = {
             "node": self._identity.name,
             "fingerprint": self._identity.fingerprint,
-            "records": records,
-            "signature": sign_submission(self._key, self._identity.name, records),
+            "batch": batch.decode(),
+            "signature": sign_batch(self._key, batch),
         }
         resp = client.post(self._url, json=body, timeout=30)
         if resp.status_code != 200:

@@ -100,16 +100,44 @@ def test_checkpoint_is_cosigned_by_a_quorum(city: City) -> None:
 
 
 def test_unsigned_or_foreign_submissions_are_refused(city: City) -> None:
-    body = {
-        "node": "police-node",
-        "fingerprint": "0" * 64,
-        "records": [{"record_id": 1}],
-        "signature": "AAAA",
-    }
-    r = httpx.post(f"{city.dep.hub_url}/api/v1/ledger/submissions", json=body)
-    assert r.status_code == 403 and r.json()["type"] == "urn:qiao:problem:hub:forbidden"
-    r = httpx.post(f"{city.dep.hub_url}/api/v1/ledger/submissions", content=b"{")
-    assert r.status_code == 422
+    from qiao import pki
+    from qiao.ledger.exchanges import encode_batch, sign_batch
+
+    url = f"{city.dep.hub_url}/api/v1/ledger/submissions"
+    transport = city.dep.nodes["transport"]
+    key = pki.load_key_pem((transport.data_dir / "node.key").read_bytes())
+    fingerprint = pki.fingerprint(pki.load_cert_pem((transport.data_dir / "node.pem").read_bytes()))
+    record = {"record_id": 999_999, "exchange_id": "forged", "role": "consumer"}
+
+    def post(node: str, fp: str, batch: bytes, signature: str) -> httpx.Response:
+        return httpx.post(
+            url,
+            json={"node": node, "fingerprint": fp, "batch": batch.decode(), "signature": signature},
+        )
+
+    def refused(r: httpx.Response, status: int = 403) -> None:
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+    batch = encode_batch("transport-node", [record])
+    # Not a registered certificate; not this node's certificate.
+    refused(post("transport-node", "0" * 64, batch, sign_batch(key, batch)))
+    refused(post("police-node", fingerprint, batch, sign_batch(key, batch)))
+    # Signed by the right key, then altered; or signed, but for another node.
+    refused(
+        post(
+            "transport-node",
+            fingerprint,
+            batch.replace(b"forged", b"forger"),
+            sign_batch(key, batch),
+        )
+    )
+    other = encode_batch("police-node", [record])
+    refused(post("transport-node", fingerprint, other, sign_batch(key, other)))
+    # Well signed but not a batch of records.
+    empty = encode_batch("transport-node", [])
+    refused(post("transport-node", fingerprint, empty, sign_batch(key, empty)), 422)
+    refused(httpx.post(url, content=b"{"), 422)
 
 
 def test_administrative_actions_are_on_the_ledger(city: City) -> None:
