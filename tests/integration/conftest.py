@@ -25,6 +25,25 @@ from qiao.demo.processes import free_port
 MAX_BODY = 1024 * 1024
 
 
+def wait_for(fn: Any, timeout: float = 30.0) -> Any:
+    """Poll ``fn`` until it returns something truthy (an HTTP error counts as not yet)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s")
+        time.sleep(0.2)
+
+
 class LoopThread:
     """An asyncio loop in a thread, serving test backends while the tests block."""
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from qiao import pki
 from qiao.db import make_engine
 from qiao.exchange.models import ExchangeRecord
-from tests.integration.conftest import MAX_BODY, City
+from tests.integration.conftest import MAX_BODY, City, wait_for
 
 T = ("transport", "traffic-enforcement")
 
@@ -326,15 +326,6 @@ def test_provider_refuses_certificates_not_in_the_configuration(city: City, tmp_
     problem(r, 403, "urn:qiao:problem:provider:not-allowed")
 
 
-def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def test_revoked_certificate_is_refused(city: City) -> None:
     h = city.headers("health", "epidemic-stats")
     url = city.url("health", "police", "echo")
@@ -345,7 +336,7 @@ def test_revoked_certificate_is_refused(city: City) -> None:
         r = httpx.get(url, headers=h)
         return r.status_code == 403 and r.json()["type"].endswith("certificate-revoked")
 
-    _wait_for(refused)
+    wait_for(refused)
 
 
 def test_tampered_configuration_is_refused_and_last_good_kept(city: City) -> None:
@@ -353,14 +344,14 @@ def test_tampered_configuration_is_refused_and_last_good_kept(city: City) -> Non
     serial = httpx.get(health).json()["configuration"]["serial"]
     city.proxy.mode = "tamper"
     try:
-        _wait_for(lambda: "signature" in httpx.get(health).json()["configuration"]["last_error"])
+        wait_for(lambda: "signature" in httpx.get(health).json()["configuration"]["last_error"])
         status = httpx.get(health).json()
         assert status["configuration"]["serial"] == serial
         r = httpx.get(city.url("transport", "police", "echo"), headers=city.headers(*T))
         assert r.status_code == 200
     finally:
         city.proxy.mode = "pass"
-    _wait_for(lambda: httpx.get(health).json()["configuration"]["last_error"] == "")
+    wait_for(lambda: httpx.get(health).json()["configuration"]["last_error"] == "")
 
 
 def test_hub_unreachable_grace_period_then_refusal_then_recovery(city: City) -> None:
@@ -377,7 +368,7 @@ def test_hub_unreachable_grace_period_then_refusal_then_recovery(city: City) -> 
         def expired() -> bool:
             return httpx.get(f"{node.url}/healthz").status_code == 503
 
-        _wait_for(expired, 15)
+        wait_for(expired, 15)
         health = httpx.get(f"{node.url}/healthz").json()
         assert health["status"] == "unavailable" and "expired" in health["reason"]
         body = problem(
@@ -391,7 +382,7 @@ def test_hub_unreachable_grace_period_then_refusal_then_recovery(city: City) -> 
     # Every node lost the hub, the provider's too: both must have recovered by themselves.
     for dept in ("transport", "police"):
         health_url = f"{city.dep.nodes[dept].url}/healthz"
-        _wait_for(lambda u=health_url: httpx.get(u).status_code == 200)  # type: ignore[misc]
+        wait_for(lambda u=health_url: httpx.get(u).status_code == 200)  # type: ignore[misc]
     assert httpx.get(url, headers=city.headers(*T)).status_code == 200
 
 

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
 
 from qiao.ledger.policy import Policy
 from qiao.ledger.receipt import parse_receipt, verify_receipt
-from tests.integration.conftest import City
+from tests.integration.conftest import City, wait_for
 
 T = ("transport", "traffic-enforcement")
-
-
-def _wait(fn: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("not reached in time")
-        time.sleep(0.2)
 
 
 def _receipt(city: City, xid: str, role: str | None = None) -> bytes:
@@ -33,7 +21,7 @@ def _receipt(city: City, xid: str, role: str | None = None) -> bytes:
         r = httpx.get(url)
         return r.content if r.status_code == 200 else None
 
-    return _wait(get)  # type: ignore[no-any-return]
+    return wait_for(get)  # type: ignore[no-any-return]
 
 
 def test_exchange_receipt_verifies_offline(city: City) -> None:
@@ -86,7 +74,7 @@ def test_every_record_reaches_the_ledger_once(city: City) -> None:
 
 
 def test_checkpoint_is_cosigned_by_a_quorum(city: City) -> None:
-    status = _wait(
+    status = wait_for(
         lambda: (s := httpx.get(f"{city.dep.hub_url}/ledger/status").json())["cosigned_size"] and s
     )
     assert status["quorum"] == 2 and len(status["witnesses"]) == 3
@@ -150,7 +138,7 @@ def test_administrative_actions_are_on_the_ledger(city: City) -> None:
                 found.setdefault(e["action"], set()).add(e["actor"])
         return found
 
-    found = _wait(lambda: (a := actions()).get("node.enroll") and a)
+    found = wait_for(lambda: (a := actions()).get("node.enroll") and a)
     assert {
         "organization.add",
         "app.add",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from qiao.demo.city import Deployment
 from qiao.demo.people import build_city
 from qiao.exchange.models import ExchangeRecord
 from qiao.ledger import note
-from tests.integration.conftest import LoopThread
+from tests.integration.conftest import LoopThread, wait_for
 
 T = ("transport", "traffic-enforcement")
 
@@ -52,19 +51,6 @@ def _status(dep: Deployment) -> dict[str, Any]:
     return httpx.get(f"{dep.hub_url}/ledger/status", timeout=5).json()  # type: ignore[no-any-return]
 
 
-def _wait(fn: Any, timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("not reached in time")
-
-
 def _pending(dep: Deployment, dept: str) -> int:
     eng = make_engine(dep.node_db_url(dept))
     with eng.connect() as c:
@@ -86,7 +72,7 @@ def test_a_witness_away_does_not_stop_cosigning_and_catches_up(town: Deployment)
         for _ in range(5):
             assert _call(town).status_code == 200
         # Two of three witnesses are enough for the quorum.
-        _wait(lambda: _status(town)["cosigned_size"] > size_before)
+        wait_for(lambda: _status(town)["cosigned_size"] > size_before)
         away = next(w for w in _status(town)["witnesses"] if w["name"].endswith("market-node"))
         assert away.get("last_error")
     finally:
@@ -100,7 +86,7 @@ def test_a_witness_away_does_not_stop_cosigning_and_catches_up(town: Deployment)
         w = next(w for w in _status(town)["witnesses"] if w["name"].endswith("market-node"))
         return w.get("size", 0) >= size and not w.get("last_error")
 
-    _wait(caught_up)
+    wait_for(caught_up)
 
 
 def test_hub_killed_while_nodes_submit_loses_and_duplicates_nothing(town: Deployment) -> None:
@@ -113,7 +99,7 @@ def test_hub_killed_while_nodes_submit_loses_and_duplicates_nothing(town: Deploy
     assert _pending(town, "transport") > 0
     town.hub.start()
     town.hub.wait_healthy()
-    _wait(lambda: _pending(town, "transport") == 0 and _pending(town, "police") == 0, 60)
+    wait_for(lambda: _pending(town, "transport") == 0 and _pending(town, "police") == 0, 60)
     health = httpx.get(f"{town.nodes['transport'].url}/healthz").json()["ledger"]
     assert health["pending"] == 0 and health["submitted"] > 0
     # Every record is in the ledger exactly once.
@@ -140,7 +126,7 @@ def test_a_forked_checkpoint_is_refused_and_alerted(town: Deployment) -> None:
     signer = note.Signer.from_text((town.data_dir / "hub" / "ledger-signing.key").read_text())
     witness = town.nodes["police"]
     url = f"{witness.url}/witness/add-checkpoint"
-    _wait(lambda: _status(town)["cosigned_size"])
+    wait_for(lambda: _status(town)["cosigned_size"])
 
     def fork_once() -> bool:
         # Ask the witness what it holds (a 409 names its size), then contradict it.
