@@ -7,6 +7,7 @@ mutual TLS, pinned to the certificate fingerprints the signed configuration list
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class ConsumerGateway:
         self._ssl = ssl_context
         self._pins: dict[tuple[str, int], frozenset[bytes]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         conf.listeners.append(self._on_configuration)
         if conf.current is not None:
             self._on_configuration(conf.current)
@@ -99,10 +101,10 @@ class ConsumerGateway:
         self._pins = pins
 
     def _close_later(self, session: aiohttp.ClientSession) -> None:
-        import asyncio
-
+        # Keep a reference until it is done: the loop holds tasks only weakly.
         task = asyncio.get_running_loop().create_task(session.close())
-        task.add_done_callback(lambda _t: None)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _pin(self, host: str, port: int) -> frozenset[bytes]:
         return self._pins.get((host, port), frozenset())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from dataclasses import dataclass, field
@@ -10,11 +11,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from sqlalchemy import bindparam, select, update
 
 from qiao import problems
+from qiao.canonical import canonical_json
 from qiao.ledger.cosigning import Cosigning
 from qiao.ledger.exchanges import MAX_BATCH, ExchangeLedger
+from qiao.ledger.note import open_note, parse_verifier_key
+from qiao.ledger.policy import policy_text
+from qiao.ledger.receipt import format_receipt
 from qiao.problems import Problem
+from qiao.registry.models import AdminEvent
 
 TEXT = "text/plain; charset=utf-8"
 
@@ -39,10 +46,6 @@ class HubLedger:
 
     def pump_admin_events(self, limit: int = 1000) -> int:
         """Append pending administrative actions to the ledger (idempotent by event id)."""
-        from sqlalchemy import bindparam, select, update
-
-        from qiao.canonical import canonical_json
-        from qiao.registry.models import AdminEvent
 
         sessions = self.exchanges.sessions
         with sessions() as s:
@@ -101,8 +104,6 @@ class HubLedger:
             self._thread.join(10)
 
     def receipt(self, exchange_id: str, role: str | None) -> bytes:
-        from qiao.ledger.receipt import format_receipt
-
         entries = [e for e in self.exchanges.find(exchange_id) if role in (None, e.role)]
         if not entries:
             raise Problem(
@@ -124,8 +125,6 @@ class HubLedger:
 
     def policy_text(self) -> str:
         """The C2SP tlog-policy a verifier needs: this log, its witnesses, the quorum."""
-        from qiao.ledger.policy import policy_text
-
         witnesses = [key for key, _url in self.cosigning.registered_keys()]
         return policy_text(
             self.log_key,
@@ -136,11 +135,10 @@ class HubLedger:
     def verify(self) -> list[str]:
         """Everything ``store.verify`` checks, plus every stored cosigned checkpoint: the log's
         signature, each cosignature, and its root against the root recomputed from entries."""
-        from qiao.ledger.note import open_note, parse_verifier_key
-
         findings: list[str] = list(self.store.verify())
         verifiers = [parse_verifier_key(self.log_key)]
         verifiers += [parse_verifier_key(k) for k, _u in self.cosigning.registered_keys()]
+        log_size = self.store.size()
         for size, blob, count in self.cosigning.all_cosigned():
             try:
                 text, sigs = open_note(blob, verifiers)
@@ -151,14 +149,11 @@ class HubLedger:
             if len(lines) < 3 or lines[1] != str(size):
                 findings.append(f"cosigned checkpoint {size}: names size {lines[1:2]}")
                 continue
-            if size <= self.store.size():
-                import base64
-
-                if base64.b64decode(lines[2]) != self.store.root(size):
-                    findings.append(
-                        f"cosigned checkpoint {size}: root differs from the root "
-                        "recomputed from the stored entries"
-                    )
+            if size <= log_size and base64.b64decode(lines[2]) != self.store.root(size):
+                findings.append(
+                    f"cosigned checkpoint {size}: root differs from the root "
+                    "recomputed from the stored entries"
+                )
             if len(sigs) - 1 < count:
                 findings.append(
                     f"cosigned checkpoint {size}: {count} cosignatures recorded, "
