@@ -119,10 +119,24 @@ def hub_init(ctx: typer.Context) -> None:
 @hub_app.command("operator-token")
 @_guard
 def hub_operator_token(
-    ctx: typer.Context, label: Annotated[str, typer.Option(help="Who gets it.")] = "operator"
+    ctx: typer.Context,
+    label: Annotated[str, typer.Option(help="Who gets it.")] = "operator",
+    org: Annotated[
+        str | None, typer.Option(help="Scope the token to this organization (USCC).")
+    ] = None,
+    roles: Annotated[
+        str, typer.Option(help="Comma-separated roles in --org, e.g. data-steward.")
+    ] = "",
 ) -> None:
-    """Create an operator token for the hub's administrative API (shown once)."""
-    console.print(_registry(ctx).create_operator_token(label))
+    """Create a token for the hub's API (shown once): the platform administrator's, or with
+    --org and --roles an access token for automation in one organization."""
+    from qiao.identity.roles import parse_roles
+
+    try:
+        role_set = parse_roles(roles)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    console.print(_registry(ctx).create_operator_token(label, org=org, roles=role_set))
 
 
 @hub_app.command("enroll-token")

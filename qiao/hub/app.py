@@ -6,10 +6,9 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -18,6 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from qiao import __version__, problems
 from qiao.config import HubSettings
 from qiao.db import make_engine, migrate, session_factory
+from qiao.hub import auth
+from qiao.hub.auth import require
+from qiao.identity.roles import Role
 from qiao.ledger.cosigning import Cosigning
 from qiao.ledger.exchanges import ExchangeLedger
 from qiao.ledger.service import HubLedger, ledger_api, submissions_api
@@ -120,6 +122,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     app.state.registry = registry
     app.state.ledger = ledger
     _install_problem_handlers(app)
+    auth.install(app, registry)
     from qiao.ledger.views import ledger_router
 
     # The cosigned checkpoint, receipts and entries first: the tile router's /checkpoint is
@@ -128,19 +131,8 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     app.include_router(ledger_router(ledger.store), prefix="/ledger")
     app.include_router(submissions_api(ledger))
 
-    async def operator(authorization: Annotated[str | None, Header()] = None) -> None:
-        """Administrative calls need an operator token: ``Authorization: Bearer qop_...``.
-
-        Async on purpose: the actor it sets for the record of administrative actions must be
-        in the request's own context, which the endpoint's worker thread then inherits."""
-        if not authorization or not authorization.startswith("Bearer "):
-            raise Problem(problems.UNAUTHORIZED, "send Authorization: Bearer <operator token>")
-        label = await run_in_threadpool(registry.check_operator_token, authorization[7:].strip())
-        if label is None:
-            raise Problem(problems.FORBIDDEN, "the operator token is not valid")
-        current_actor.set(f"operator:{label}")
-
-    op: list[Any] = [Depends(operator)]
+    # The registry's own endpoints are the platform administrator's.
+    op: list[Any] = [Depends(require(Role.PLATFORM_ADMIN))]
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict[str, Any]:

@@ -114,12 +114,18 @@ class ResourceClient(HubBase):
 
 
 class OperatorToken(HubBase):
-    """A bearer token for the hub's administrative API (stored as a SHA-256 hash)."""
+    """A bearer token for the hub's API (stored as a SHA-256 hash).
+
+    Without ``org_code`` it is an operator token: the platform administrator's. With one, it
+    is an access token for automation (a steward's catalog pipeline, say) holding ``roles``
+    (comma-separated) in that organization only."""
 
     __tablename__ = "operator_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     label: Mapped[str] = mapped_column(String(100))
+    org_code: Mapped[str | None] = mapped_column(String(18), nullable=True)
+    roles: Mapped[str] = mapped_column(String(200), default="")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

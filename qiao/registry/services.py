@@ -30,6 +30,7 @@ from qiao import pki, problems, signing
 from qiao.catalog.validators import InvalidCode, validate_uscc
 from qiao.db import utcnow
 from qiao.globalconf import KIND
+from qiao.identity.roles import Principal, Role, parse_roles
 from qiao.ledger import note
 from qiao.ledger.errors import LedgerError
 from qiao.problems import Problem
@@ -388,21 +389,40 @@ class RegistryService:
         return [(n, by_node.get(n.id, [])) for n in nodes]
 
     # --- operator tokens -----------------------------------------------------------------
-    def create_operator_token(self, label: str) -> str:
+    def create_operator_token(
+        self, label: str, *, org: str | None = None, roles: frozenset[Role] = frozenset()
+    ) -> str:
+        """A new token, shown once: platform-wide without ``org``, else scoped to ``roles``
+        in that organization (which must exist; a scoped token needs at least one role)."""
+        if org is not None and not roles:
+            raise Problem(problems.VALIDATION, "a token for an organization needs a role")
+        if Role.PLATFORM_ADMIN in roles and org is not None:
+            raise Problem(problems.VALIDATION, "platform-admin is not an organization's role")
         token = "qop_" + secrets.token_urlsafe(32)
+        role_text = ",".join(sorted(r.value for r in roles))
         with self._sessions.begin() as s:
-            s.add(OperatorToken(label=label, token_hash=_hash(token)))
-            self._event(s, "operator-token.create", label=label)
+            if org is not None:
+                self._org(s, org)
+            s.add(
+                OperatorToken(label=label, token_hash=_hash(token), org_code=org, roles=role_text)
+            )
+            self._event(s, "operator-token.create", label=label, org=org, roles=role_text)
         return token
 
-    def check_operator_token(self, token: str) -> str | None:
-        """The token's label if it is a valid operator token, else None."""
+    def check_operator_token(self, token: str) -> Principal | None:
+        """Who holds ``token``, if it is a valid token, else None."""
         with self._sessions() as s:
-            return s.scalar(
-                select(OperatorToken.label).where(
+            row = s.execute(
+                select(OperatorToken.label, OperatorToken.org_code, OperatorToken.roles).where(
                     OperatorToken.token_hash == _hash(token), OperatorToken.revoked_at.is_(None)
                 )
-            )
+            ).first()
+        if row is None:
+            return None
+        label, org, roles = row
+        if org is None:
+            return Principal(f"operator:{label}", frozenset({Role.PLATFORM_ADMIN}), kind="operator")
+        return Principal(f"token:{label}", parse_roles(roles), org=org, kind="token")
 
     # --- the signed global configuration ---------------------------------------------------
     def serial(self) -> int:
