@@ -444,6 +444,19 @@ ledger_app = typer.Typer(
 app.add_typer(ledger_app, name="ledger")
 
 
+def _add_subcommands() -> None:
+    # Late imports: each area keeps its commands in its own module.
+    from qiao.catalog.cli import catalog_app
+    from qiao.identity.cli import apps_app, users_app
+
+    for sub, name in ((catalog_app, "catalog"), (users_app, "users"), (apps_app, "apps")):
+        if sub.registered_commands or sub.registered_groups:
+            app.add_typer(sub, name=name)
+
+
+_add_subcommands()
+
+
 @ledger_app.callback()
 def ledger(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """Work on the hub's ledger (reads the hub's configuration)."""

@@ -219,6 +219,12 @@ class ResourceSpec(_Doc):
     classification: Classification
     format: str = "application/json"  # media type of the records
     items: tuple[Item, ...] = Field(min_length=1)
+    # Where the records are in a response body, as a JSON Pointer (RFC 6901): "" when the
+    # body is a record or an array of records, "/violations" when that member holds them.
+    records_at: str = Field("", pattern=r"^(/[^/]+)*$", max_length=200)
+    # 请求参数: what a request body carries (e.g. identity verification's citizen ID and
+    # name), each bound to a data element like an item. Empty for plain queries.
+    parameters: tuple[Item, ...] = ()
     sharing_type: SharingType
     sharing_conditions: str = ""  # required when conditional
     legal_basis: str = ""  # required unless unconditional
@@ -241,10 +247,11 @@ class ResourceSpec(_Doc):
             )
         if self.sharing_type is SharingType.CONDITIONAL and not self.sharing_conditions:
             raise ValueError("a 有条件共享 resource needs its sharing conditions")
-        fields = [i.field for i in self.items]
-        if len(fields) != len(set(fields)):
-            dup = next(f for f in fields if fields.count(f) > 1)
-            raise ValueError(f"item field {dup!r} appears twice")
+        for what, group in (("item", self.items), ("parameter", self.parameters)):
+            fields = [i.field for i in group]
+            if len(fields) != len(set(fields)):
+                dup = next(f for f in fields if fields.count(f) > 1)
+                raise ValueError(f"{what} field {dup!r} appears twice")
         if not self.sharing_methods:
             raise ValueError("a resource needs at least one sharing method")
         return self

@@ -15,10 +15,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qiao import __version__, problems
+from qiao.catalog import api as catalog_api
 from qiao.config import HubSettings
 from qiao.db import make_engine, migrate, session_factory
 from qiao.hub import auth
 from qiao.hub.auth import require
+from qiao.identity import api as identity_api
 from qiao.identity.roles import Role
 from qiao.ledger.cosigning import Cosigning
 from qiao.ledger.exchanges import ExchangeLedger
@@ -123,6 +125,8 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     app.state.ledger = ledger
     _install_problem_handlers(app)
     auth.install(app, registry)
+    identity_api.install(app, registry, settings)
+    catalog_api.install(app, registry, settings)
     from qiao.ledger.views import ledger_router
 
     # The cosigned checkpoint, receipts and entries first: the tile router's /checkpoint is
