@@ -301,7 +301,7 @@ def _node_keys(ctx: typer.Context) -> Any:
 
     s = _node_settings(ctx)
     migrate("node", s.database_url)
-    return ApiKeyService(make_engine(s.database_url))
+    return ApiKeyService(make_engine(s.database_url), max_ttl=timedelta(days=s.api_key_max_days))
 
 
 @node_app.command("enroll")
@@ -336,18 +336,22 @@ def node_enroll(
 def key_create(
     ctx: typer.Context,
     app_code: Annotated[str, typer.Argument(metavar="APP", help="The app's code.")],
-    days: Annotated[int, typer.Option(help="Days until the key expires (0: never).")] = 90,
+    days: Annotated[
+        int, typer.Option(help="Days until the key expires (every key expires).", min=1)
+    ] = 90,
     label: Annotated[str, typer.Option(help="A note for the key list.")] = "",
 ) -> None:
     """Create an API key for one of this organization's apps (shown once)."""
+    from qiao.exchange.keys import KeyPolicyError
     from qiao.node.identity import NodeIdentity
 
     ident = NodeIdentity.load(_node_settings(ctx).data_dir)
-    issued = _node_keys(ctx).create(
-        f"{ident.client_id_prefix}{app_code}",
-        label=label,
-        ttl=timedelta(days=days) if days > 0 else None,
-    )
+    try:
+        issued = _node_keys(ctx).create(
+            f"{ident.client_id_prefix}{app_code}", label=label, ttl=timedelta(days=days)
+        )
+    except KeyPolicyError as exc:
+        raise _fail(str(exc), 2) from exc
     console.print(issued.secret)
     err.print(
         f"key {issued.key_id} for {issued.client}; expires "

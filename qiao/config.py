@@ -65,6 +65,33 @@ class _FileSettings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / name).resolve()}"
 
 
+class ExternalIdpSettings(BaseModel):
+    """An external OpenID Connect identity provider (e.g. a provincial unified identity
+    platform) the hub may delegate sign-in to (docs/sso.md)."""
+
+    model_config = {"extra": "forbid"}
+
+    issuer: str
+    client_id: str
+    client_secret: str = ""
+    display_name: str = ""
+    scope: str = "openid profile"
+    # Claim names in the IdP's ID token / userinfo.
+    username_claim: str = "preferred_username"
+    name_claim: str = "name"
+    org_claim: str = "org_uscc"
+    roles_claim: str = "groups"
+    # IdP group or role value -> Qiao role; values not listed give no role. platform-admin
+    # is only ever granted by an explicit entry here.
+    role_map: dict[str, str] = Field(default_factory=dict)
+    # Organizations (USCC) whose users may sign in this way; empty = every registered one.
+    allowed_orgs: list[str] = Field(default_factory=list)
+    # Create the user at first sign-in (otherwise only existing users may sign in).
+    provision: bool = True
+    # The IdP's ID tokens carry MFA in amr/acr; require it (for roles that need MFA).
+    require_mfa: bool = False
+
+
 class HubSettings(_FileSettings):
     """Settings of the hub (交换中心), the control plane."""
 
@@ -84,6 +111,40 @@ class HubSettings(_FileSettings):
     ledger_interval_seconds: float = Field(2.0, gt=0)
     ledger_quorum: int | None = Field(None, ge=0)
     log_level: str = "info"
+    # --- single sign-on (OpenID Connect provider; docs/sso.md) ---
+    # Lifetimes: ID and access tokens are short because nodes verify access tokens offline.
+    oidc_id_token_seconds: int = Field(600, gt=0, le=24 * 3600)
+    oidc_access_token_seconds: int = Field(600, gt=0, le=24 * 3600)
+    oidc_refresh_token_seconds: int = Field(8 * 3600, gt=0, le=90 * 24 * 3600)
+    oidc_code_seconds: int = Field(120, gt=0, le=600)  # RFC 6749 §4.1.2: 10 minutes at most
+    # How long a rotated-out signing key stays in the JWKS.
+    oidc_key_overlap_seconds: int = Field(7 * 24 * 3600, gt=0)
+    # Login delegated to external OIDC identity providers, by a short name used in URLs.
+    external_idps: dict[str, ExternalIdpSettings] = Field(default_factory=dict)
+    # --- people signing in (docs/identity.md) ---
+    # Sessions end after this long without a request, and this long after sign-in at most.
+    session_idle_seconds: int = Field(30 * 60, gt=0)
+    session_absolute_seconds: int = Field(12 * 3600, gt=0)
+    # The session cookie: Secure unless the hub is plain HTTP (a loopback demo); SameSite lax
+    # so that a department app's sign-in redirect (a top-level GET) still carries it.
+    session_cookie_secure: bool = True
+    session_cookie_samesite: str = Field("lax", pattern=r"^(lax|strict)$")
+    # Refuse a session cookie presented from another client address than the sign-in's.
+    session_bind_address: bool = True
+    # Origins (scheme://host[:port]) besides public_url allowed to send unsafe requests with
+    # the session cookie (a console served from another host).
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Throttling: after this many failed sign-ins (per account name, per source address)
+    # within the window, wait lockout_seconds, doubled for each further failure, up to the max.
+    sign_in_max_failures: int = Field(5, ge=1)
+    sign_in_failure_window_seconds: int = Field(15 * 60, gt=0)
+    sign_in_lockout_seconds: int = Field(60, gt=0)
+    sign_in_lockout_max_seconds: int = Field(3600, gt=0)
+    # Password policy and Argon2id cost (RFC 9106 §4, second recommended option by default).
+    password_min_length: int = Field(12, ge=8, le=128)
+    argon2_time_cost: int = Field(3, ge=1)
+    argon2_memory_kib: int = Field(64 * 1024, ge=8)
+    argon2_parallelism: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _fill(self) -> HubSettings:
@@ -128,6 +189,11 @@ class NodeSettings(_FileSettings):
     # How often to send pending exchange records to the hub's ledger.
     ledger_submit_seconds: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    # Check apps' JSON request bodies against the catalog's request schema before they leave
+    # (problem client:invalid-request). Responses are always checked by the provider's node.
+    validate_requests: bool = False
+    # App API keys: every key expires; the longest life an operator may give one.
+    api_key_max_days: int = Field(365, gt=0, le=3650)
     record_payloads: bool = False
     log_level: str = "info"
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from qiao.catalog.schema import PayloadValidator, compile_schema
+
 KIND = "qiao-global-configuration/1"
 
 
@@ -33,6 +35,10 @@ class ResourceEntry:
     code: str
     name: str
     allowed: frozenset[str]
+    version: int = 0
+    # Compiled from the catalog's JSON Schemas (qiao.catalog.schema); None = not validated.
+    response_schema: PayloadValidator | None = field(default=None, compare=False)
+    request_schema: PayloadValidator | None = field(default=None, compare=False)
 
     def allows(self, client: str) -> bool:
         """A client ``{instance}/{org}/{app}`` is allowed by its own id or its org's."""
@@ -83,12 +89,7 @@ class GlobalConf:
                 by_org.setdefault(entry.org, []).append(entry)
                 for fp in fps:
                     by_fp[fp] = entry
-            resources = {
-                (r["org"], r["code"]): ResourceEntry(
-                    r["org"], r["code"], r.get("name", ""), frozenset(r["allowed_clients"])
-                )
-                for r in doc["resources"]
-            }
+            resources = {(r["org"], r["code"]): _resource(r) for r in doc["resources"]}
             return cls(
                 instance=instance,
                 serial=int(doc["serial"]),
@@ -106,3 +107,19 @@ class GlobalConf:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"global configuration has an unexpected shape: {exc!r}") from exc
+
+
+def _resource(r: dict[str, Any]) -> ResourceEntry:
+    # "version" and "schemas" arrived with the catalog; documents without them still load.
+    schemas = r.get("schemas") or {}
+    response, request = schemas.get("response"), schemas.get("request")
+    return ResourceEntry(
+        r["org"],
+        r["code"],
+        r.get("name", ""),
+        frozenset(r["allowed_clients"]),
+        version=int(r.get("version", 0)),
+        # Compiled validators are cached by schema hash: an unchanged schema costs nothing.
+        response_schema=compile_schema(response) if response else None,
+        request_schema=compile_schema(request) if request else None,
+    )

@@ -56,6 +56,10 @@ BAD_TILE_PATH = _t(
     "client", "bad-tile-path", 400, "The path is not a C2SP tlog-tiles tile or entry bundle path"
 )
 METHOD_NOT_ALLOWED = _t("client", "method-not-allowed", 405, "Method not allowed here")
+OUT_OF_SCOPE = _t("client", "out-of-scope", 403, "The app credential does not cover this resource")
+INVALID_REQUEST = _t(
+    "client", "invalid-request", 422, "The request body does not match the resource's schema"
+)
 
 # --- consumer-side errors: the caller's own node could not carry the exchange --------------
 CONFIGURATION_EXPIRED = _t(
@@ -74,6 +78,9 @@ PROVIDER_NOT_TRUSTED = _t(
 )
 REQUEST_HASH_MISMATCH = _t(
     "consumer", "request-hash-mismatch", 502, "The provider acknowledged a different request"
+)
+HUB_KEYS_UNAVAILABLE = _t(
+    "consumer", "hub-keys-unavailable", 503, "The hub's token signing keys are unavailable"
 )
 
 # --- provider-side errors: the provider's node or backend refused or failed ----------------
@@ -100,6 +107,12 @@ PROVIDER_CONFIGURATION_EXPIRED = _t(
 PROVIDER_BODY_TOO_LARGE = _t(
     "provider", "body-too-large", 413, "The request body is over the provider's limit"
 )
+INVALID_RESPONSE = _t(
+    "provider",
+    "invalid-response",
+    502,
+    "The provider backend's answer does not match the resource's schema",
+)
 
 # --- hub (control plane) errors -----------------------------------------------------------
 VALIDATION = _t("hub", "validation", 422, "The request is not valid")
@@ -112,6 +125,32 @@ BAD_ENROLLMENT_TOKEN = _t(
 )
 BAD_CSR = _t("hub", "bad-csr", 400, "The certificate signing request is not acceptable")
 INVALID_USCC = _t("hub", "invalid-uscc", 422, "Not a valid unified social credit code (GB 32100)")
+EXTERNAL_SIGN_IN_REFUSED = _t(
+    "hub", "external-sign-in-refused", 403, "The external identity provider's sign-in is refused"
+)
+EXTERNAL_IDP_FAILED = _t(
+    "hub", "external-idp-failed", 502, "The external identity provider could not be reached"
+)
+SIGN_IN_FAILED = _t("hub", "sign-in-failed", 401, "The sign-in name, password or code is not right")
+MFA_REQUIRED = _t("hub", "mfa-required", 401, "A second factor (TOTP or recovery code) is needed")
+SESSION_EXPIRED = _t("hub", "session-expired", 401, "The session has ended; sign in again")
+CSRF_REFUSED = _t("hub", "csrf-refused", 403, "The request lacks a valid CSRF token or origin")
+WEAK_PASSWORD = _t("hub", "weak-password", 422, "The password does not meet the password policy")
+UNKNOWN_DATA_ELEMENT = _t(
+    "hub", "unknown-data-element", 422, "The resource binds a data element not in the catalog"
+)
+UNKNOWN_CODE_LIST = _t(
+    "hub", "unknown-code-list", 422, "The data element names a code list not in the catalog"
+)
+LEGAL_BASIS_MISSING = _t(
+    "hub", "legal-basis-missing", 422, "A conditional or non-shared resource needs a legal basis"
+)
+CATALOG_ENTRY_IN_USE = _t(
+    "hub", "catalog-entry-in-use", 409, "The data element or code list is bound by resources"
+)
+CATALOG_IMPORT_FAILED = _t(
+    "hub", "catalog-import-failed", 422, "The catalog workbook has errors; nothing was imported"
+)
 INTERNAL = _t("hub", "internal", 500, "Internal error")
 
 ALL: tuple[ProblemType, ...] = tuple(v for v in globals().values() if isinstance(v, ProblemType))

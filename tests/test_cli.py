@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -16,22 +16,31 @@ runner = CliRunner()
 ORG = "91350100M000100Y43"
 
 
-def _all_commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _subcommands(cmd: Any) -> dict[str, Any]:
+    # Typer ships its own fork of click, so its groups are not click.Group instances.
+    return dict(getattr(cmd, "commands", {}) or {})
+
+
+def _all_commands(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = [path]
-    if isinstance(cmd, click.Group):
-        for name, sub in cmd.commands.items():
-            out += _all_commands(sub, (*path, name))
+    for name, sub in _subcommands(cmd).items():
+        out += _all_commands(sub, (*path, name))
     return out
+
+
+def test_the_command_tree_is_walked() -> None:
+    paths = _all_commands(get_command(app))
+    assert ("hub", "org", "add") in paths and ("ledger", "verify") in paths
+    assert len(paths) > 30
 
 
 @pytest.mark.parametrize("path", _all_commands(get_command(app)), ids=" ".join)
 def test_every_command_has_help(path: tuple[str, ...]) -> None:
     r = runner.invoke(app, [*path, "--help"])
     assert r.exit_code == 0, r.output
-    cmd: click.Command = get_command(app)
+    cmd: Any = get_command(app)
     for name in path:
-        assert isinstance(cmd, click.Group)
-        cmd = cmd.commands[name]
+        cmd = _subcommands(cmd)[name]
     assert cmd.help and len(cmd.help.strip()) > 10, f"{' '.join(path)} has no help text"
 
 

@@ -7,9 +7,12 @@ English what is wrong; each ``is_valid_*`` is the same check as a boolean.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, time
+from functools import cache
+from importlib import resources
 from typing import Literal
 
 __all__ = [
@@ -17,16 +20,26 @@ __all__ = [
     "citizen_id_birth_date",
     "citizen_id_check_char",
     "citizen_id_sex",
+    "division_level",
+    "division_name",
     "is_new_energy_plate",
     "is_valid_citizen_id",
+    "is_valid_date",
+    "is_valid_datetime",
+    "is_valid_division_code",
     "is_valid_mobile",
     "is_valid_plate",
+    "is_valid_time",
     "is_valid_uscc",
     "org_code_check_char",
     "uscc_check_char",
     "validate_citizen_id",
+    "validate_date",
+    "validate_datetime",
+    "validate_division_code",
     "validate_mobile",
     "validate_plate",
+    "validate_time",
     "validate_uscc",
 ]
 
@@ -280,6 +293,165 @@ def validate_mobile(value: str) -> str:
 def is_valid_mobile(value: str) -> bool:
     """Whether ``value`` passes :func:`validate_mobile`."""
     return _passes(validate_mobile, value)
+
+
+# --- GB/T 2260 administrative division codes -----------------------------------------------
+
+# The table ships with Qiao (qiao/catalog/data/gbt2260.csv, built by scripts/build_gbt2260.py
+# from the MIT-licensed cpca package): provinces, prefectures and counties.
+_DIVISION_TABLE = "gbt2260.csv"
+# Names that stand for a grouping rather than a place (市辖区, 县, 省直辖县级行政区划): they are
+# valid codes but left out when a full name is spelled.
+_GROUPING_NAMES = frozenset({"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"})
+
+
+@cache
+def _divisions() -> dict[str, tuple[str, str]]:
+    """code -> (name, level), read once from the shipped table."""
+    table: dict[str, tuple[str, str]] = {}
+    text = resources.files("qiao.catalog.data").joinpath(_DIVISION_TABLE).read_text("utf-8")
+    rows = csv.reader(line for line in text.splitlines() if not line.startswith("#"))
+    next(rows)  # header
+    for code, name, level in rows:
+        table[code] = (name, level)
+    return table
+
+
+def _division_level_of(code: str) -> str:
+    if code.endswith("0000"):
+        return "province"
+    if code.endswith("00"):
+        return "prefecture"
+    return "county"
+
+
+def validate_division_code(value: str) -> str:
+    """Check an administrative division code (行政区划代码), GB/T 2260.
+
+    Six digits: province (2), prefecture (2), county (2). A code in the shipped table is valid.
+    A county-level code that is not in the table is still valid when its prefecture (or, for
+    counties directly under a province such as 429004 仙桃市, its province) is: counties are
+    created and renumbered far more often than the table is revised, and a county code's first
+    four digits are what ties it to the higher levels (GB/T 2260-2007 §4). Province and
+    prefecture codes must be in the table.
+    """
+    value = value.strip()
+    if not value.isascii() or not value.isdigit():
+        raise InvalidCode("division.character", f"must contain only digits, got {value!r}")
+    _require_length(value, 6, "division.length", "digits")
+    table = _divisions()
+    if value in table:
+        return value
+    if _division_level_of(value) == "county" and (
+        value[:4] + "00" in table or (value[:2] + "0000" in table and value[2:4] == "90")
+    ):
+        return value
+    raise InvalidCode(
+        "division.unknown", f"{value} is not an administrative division code of GB/T 2260"
+    )
+
+
+def is_valid_division_code(value: str) -> bool:
+    """Whether ``value`` passes :func:`validate_division_code`."""
+    return _passes(validate_division_code, value)
+
+
+def division_level(code: str) -> Literal["province", "prefecture", "county"]:
+    """The level a valid division code is at."""
+    level = _division_level_of(validate_division_code(code))
+    return (
+        "province" if level == "province" else "prefecture" if level == "prefecture" else "county"
+    )
+
+
+def division_name(code: str) -> str:
+    """The full name of a division, from the province down, e.g. 440300 -> 广东省深圳市.
+
+    Grouping entries (市辖区, 县) are skipped; a county-level code missing from the table is
+    named by its known parents, e.g. 广东省深圳市 for 440309.
+    """
+    code = validate_division_code(code)
+    table = _divisions()
+    parts: list[str] = []
+    for prefix in dict.fromkeys((code[:2] + "0000", code[:4] + "00", code)):
+        name = table.get(prefix, ("", ""))[0]
+        if name and name not in _GROUPING_NAMES:
+            parts.append(name)
+    return "".join(parts)
+
+
+# --- Dates and times (RFC 3339 §5.6, the profile of ISO 8601 that JSON Schema uses) --------
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_TIME = re.compile(r"[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?")
+_OFFSET = re.compile(r"Z|[+-][0-9]{2}:[0-9]{2}")
+
+
+def validate_date(value: str) -> str:
+    """Check an RFC 3339 full-date (YYYY-MM-DD) that exists on the calendar; returns it."""
+    value = value.strip()
+    if not _DATE.fullmatch(value):
+        raise InvalidCode("date.format", f"must be written YYYY-MM-DD, got {value!r}")
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise InvalidCode("date.calendar", f"{value} is not a real date") from None
+    return value
+
+
+def is_valid_date(value: str) -> bool:
+    """Whether ``value`` passes :func:`validate_date`."""
+    return _passes(validate_date, value)
+
+
+def validate_time(value: str) -> str:
+    """Check an RFC 3339 partial-time (hh:mm:ss with optional fraction, no offset)."""
+    value = value.strip()
+    if not _TIME.fullmatch(value):
+        raise InvalidCode("time.format", f"must be written hh:mm:ss, got {value!r}")
+    try:
+        time.fromisoformat(value[:8])
+    except ValueError:
+        raise InvalidCode("time.range", f"{value} is not a time of day") from None
+    return value
+
+
+def is_valid_time(value: str) -> bool:
+    """Whether ``value`` passes :func:`validate_time`."""
+    return _passes(validate_time, value)
+
+
+def validate_datetime(value: str) -> str:
+    """Check an RFC 3339 date-time: date 'T' time and a required offset (Z or +08:00).
+
+    A time without an offset is ambiguous between departments, so it is refused; the
+    separator may be 'T', 't' or a space (RFC 3339 §5.6 note). Returns it with 'T'.
+    """
+    value = value.strip()
+    if len(value) < 20 or value[10] not in "Tt ":
+        raise InvalidCode(
+            "datetime.format", f"must be written YYYY-MM-DDThh:mm:ss+08:00, got {value!r}"
+        )
+    value = value[:10] + "T" + value[11:]
+    day, rest = value[:10], value[11:]
+    match = _TIME.match(rest)
+    if not match or not _OFFSET.fullmatch(rest[match.end() :].upper()):
+        raise InvalidCode(
+            "datetime.format",
+            f"must be written YYYY-MM-DDThh:mm:ss with an offset (Z or +08:00), got {value!r}",
+        )
+    try:
+        validate_date(day)
+        validate_time(match.group(0))
+        datetime.fromisoformat(value.upper() if value.endswith("z") else value)
+    except (InvalidCode, ValueError):
+        raise InvalidCode("datetime.calendar", f"{value} is not a real date and time") from None
+    return value
+
+
+def is_valid_datetime(value: str) -> bool:
+    """Whether ``value`` passes :func:`validate_datetime`."""
+    return _passes(validate_datetime, value)
 
 
 def _passes(check: Callable[[str], str], value: str) -> bool:

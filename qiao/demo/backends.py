@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from qiao.demo.people import DemoCity
+from qiao.demo.people import DemoCity, generate_accidents
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -32,7 +32,7 @@ def _not_found(detail: str) -> web.Response:
 
 
 def public_security(city: DemoCity) -> web.Application:
-    """市公安局: vehicle violations by plate, and identity verification."""
+    """市公安局: vehicle violations by plate, traffic accidents, and identity verification."""
     by_plate: dict[str, list[dict[str, Any]]] = {}
     for v in city.violations:
         by_plate.setdefault(v.plate, []).append(asdict(v))
@@ -49,8 +49,22 @@ def public_security(city: DemoCity) -> web.Application:
         person = people.get(str(body.get("citizen_id", "")))
         return _json({"match": person is not None and person.name == body.get("name")})
 
+    accident_list = generate_accidents()
+
+    async def accidents(request: web.Request) -> web.Response:
+        # Optional filters: district name and/or day (YYYY-MM-DD, local time).
+        district, day = request.query.get("district", ""), request.query.get("date", "")
+        found = [
+            a
+            for a in accident_list
+            if (not district or a["district"] == district)
+            and (not day or str(a["occurred_at"]).startswith(day))
+        ]
+        return _json({"district": district, "date": day, "accidents": found})
+
     app = web.Application()
     app.router.add_get("/violations", violations)
+    app.router.add_get("/accidents", accidents)
     app.router.add_post("/identity/verify", identity)
     return app
 

@@ -45,6 +45,7 @@ DEPARTMENTS: tuple[Department, ...] = (
         ("police-app",),
         {
             "vehicle-violations": ("机动车违法记录查询", "/violations"),
+            "traffic-accidents": ("道路交通事故信息", "/accidents"),
             "identity-verification": ("身份核验", "/identity/verify"),
         },
     ),
@@ -132,6 +133,8 @@ class Deployment:
     hub: Process | None = None
     hub_url: str = ""
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    # Sign-in names of the demo's people (written with their secrets to users.json).
+    users: list[str] = field(default_factory=list)
 
     def _port(self, offset: int) -> int:
         return self.base_port + offset if self.base_port else free_port()
@@ -159,6 +162,8 @@ class Deployment:
             "port": port,
             "instance": self.instance,
             "ledger_interval_seconds": 1.0,
+            # The demo hub is plain HTTP on loopback: a Secure cookie would never be sent.
+            "session_cookie_secure": False,
         }
         if self.hub_database_url:
             values["database_url"] = self.hub_database_url
@@ -174,8 +179,7 @@ class Deployment:
             reg.add_organization(org, d.name, name_en=d.name_en, kind=d.kind)
             for a in d.apps:
                 reg.add_app(org, a)
-            for code, (name, _path) in d.resources.items():
-                reg.add_resource(org, code, name)
+        self.publish_catalog(reg)
         for (prov, res), clients in ALLOWED.items():
             for c in clients:
                 dept, _, app = c.partition("/")
@@ -183,9 +187,84 @@ class Deployment:
                 reg.allow(self.codes[prov], res, client)
         return reg
 
+    def seed_users(self, settings: HubSettings, reg: Any) -> Path:
+        """One user per role per department plus a platform administrator, TOTP enrolled
+        for the roles that need it; their passwords and TOTP secrets go to ``users.json``
+        (mode 0600) so a person can sign in: a demo's secrets, never a real city's."""
+        import json
+        import os
+
+        from qiao.identity import mfa
+        from qiao.identity.roles import CLI, Role
+        from qiao.identity.service import IdentityService
+
+        identity = IdentityService(reg, settings)
+        wanted: list[tuple[str, str | None, Role]] = [("admin", None, Role.PLATFORM_ADMIN)]
+        for d in DEPARTMENTS:
+            for role in Role:
+                if role is not Role.PLATFORM_ADMIN:
+                    wanted.append((f"{d.key}-{role.value}", self.codes[d.key], role))
+        people: list[dict[str, Any]] = []
+        for username, org, role in wanted:
+            view, password = identity.add_user(
+                CLI, username, org=org, roles=frozenset({role}), name=username
+            )
+            entry: dict[str, Any] = {
+                "username": username,
+                "password": password,
+                "org": org,
+                "roles": [role.value],
+            }
+            if view.needs_mfa:
+                e = identity.start_totp(username)
+                step = mfa.time_step(identity.clock()) - 1  # leave the current code usable
+                entry["recovery_codes"] = identity.confirm_totp(
+                    username, mfa.code_at(e.secret, step)
+                )
+                entry["totp_secret"], entry["otpauth_uri"] = e.secret, e.uri
+            people.append(entry)
+            self.users.append(username)
+        path = self.data_dir / "users.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(
+                {"hub": settings.public_url, "users": people}, f, ensure_ascii=False, indent=2
+            )
+        return path
+
+    def publish_catalog(self, reg: Any) -> None:
+        """Publish the city's catalog (platform standards, then the departments' resources)
+        through the catalog service, which also creates the registry's resource rows; any
+        department resource the catalog does not describe is registered bare."""
+        import importlib
+
+        from qiao.catalog.service import CatalogService
+        from qiao.catalog.spec import Catalog
+        from qiao.identity.roles import CLI
+
+        catalog = CatalogService(reg)
+        bundle = Catalog()
+        try:
+            standards = importlib.import_module("qiao.catalog.standards").standard_catalog()
+            city = importlib.import_module("qiao.demo.catalog").demo_catalog(self.codes)
+            bundle = Catalog(
+                code_lists=standards.code_lists + city.code_lists,
+                data_elements=standards.data_elements + city.data_elements,
+                resources=city.resources,
+            )
+        except ImportError:  # the demo catalog is not part of this build
+            pass
+        catalog.import_catalog(CLI, bundle)
+        described = {(r.provider, r.code) for r in bundle.resources}
+        for d in DEPARTMENTS:
+            for code, (name, _path) in d.resources.items():
+                if (self.codes[d.key], code) not in described:
+                    reg.add_resource(self.codes[d.key], code, name)
+
     def start_hub(self) -> Any:
         settings = self.hub_settings()
         reg = self.seed_registry(settings)
+        self.seed_users(settings, reg)
         self.hub_url = settings.public_url
         self.hub = Process(
             "hub",

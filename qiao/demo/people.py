@@ -264,3 +264,40 @@ def build_city(seed: int = SEED) -> DemoCity:
         violations=generate_violations(vehicles, seed),
         enterprises=generate_enterprises(100, people, seed),
     )
+
+
+# Accident types and severities as coded in the catalog (QIAO-ACCIDENT-TYPE, -SEVERITY).
+ACCIDENT_TYPES = ("11", "12", "13", "21", "31", "41", "51", "99")
+_ACCIDENT_TYPE_WEIGHTS = (8, 15, 35, 25, 2, 2, 8, 5)
+
+
+def generate_accidents(n: int = 120, seed: int = SEED) -> list[dict[str, object]]:
+    """``n`` road traffic accidents in 桥城 between 2026-01-01 and 2026-11-28, in time order.
+
+    Severity follows the casualties: 3 (fatal) when someone died, 2 (injury) when someone was
+    hurt, else 1 (property damage only), as the catalog's code list defines them.
+    """
+    rng = random.Random(seed + 7)
+    start = datetime(2026, 1, 1, tzinfo=CST)
+    span_minutes = (datetime(2026, 11, 29, tzinfo=CST) - start) // timedelta(minutes=1)
+    times = sorted(start + timedelta(minutes=rng.randrange(span_minutes)) for _ in range(n))
+    accidents: list[dict[str, object]] = []
+    for i, when in enumerate(times, start=1):
+        deaths = 1 if rng.random() < 0.03 else 0
+        injuries = rng.choices((0, 1, 2, 3), weights=(60, 25, 10, 5))[0]
+        district = rng.choice(DISTRICTS)
+        a, b = rng.sample(ROADS, k=2)
+        accidents.append(
+            {
+                "accident_id": f"4403{when:%Y%m%d}{i:05d}",
+                "occurred_at": when.isoformat(timespec="seconds"),
+                "district": district,
+                "location": f"桥城市{district}{a}与{b}交叉口",
+                "accident_type": rng.choices(ACCIDENT_TYPES, weights=_ACCIDENT_TYPE_WEIGHTS)[0],
+                "severity": "3" if deaths else "2" if injuries else "1",
+                "deaths": deaths,
+                "injuries": injuries,
+                "vehicles": rng.choice((1, 2, 2, 2, 3)),
+            }
+        )
+    return accidents

@@ -218,6 +218,10 @@ def print_summary(dep: Deployment, outcomes: list[Outcome], data_dir: Path) -> N
         n.add_row(info.dept.name, info.org, info.url, f"{info.url}/healthz")
     console.print(n)
     console.print(f"hub: {dep.hub_url}  (API docs: {dep.hub_url}/docs)")
+    console.print(
+        f"sign-in names ({len(dep.users)}; passwords and TOTP secrets in "
+        f"{(data_dir / 'users.json').resolve()}): {', '.join(dep.users)}"
+    )
     console.print(f"data and logs: {data_dir.resolve()}")
     console.print(f"exchange records: qiao node --config {dep.nodes['transport'].config} records")
 

@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from qiao import problems
+from qiao.catalog.schema import Undecodable, Violation, decoded, is_json_media_type
 from qiao.config import NodeSettings
 from qiao.exchange import protocol as p
-from qiao.exchange.keys import ApiKeyService
+from qiao.exchange.keys import ApiKeyService, HubKeysUnavailable, HubTokens
 from qiao.exchange.records import RecordWriter
 from qiao.exchange.relay import Exchange, client_session, forward_headers, upstream_failure
-from qiao.globalconf import GlobalConf, NodeEntry
+from qiao.globalconf import GlobalConf, NodeEntry, ResourceEntry
+from qiao.identity.access_tokens import TokenRefused, looks_like_jwt, node_audience
 from qiao.node.confcache import ConfigurationCache
 from qiao.node.identity import NodeIdentity
 from qiao.problems import Problem
@@ -69,8 +71,13 @@ class ConsumerGateway:
         keys: ApiKeyService,
         writer: RecordWriter,
         ssl_context: object,
+        tokens: HubTokens | None = None,
     ) -> None:
         self._settings = settings
+        # The hub's OIDC access tokens, for apps that call with one instead of an API key.
+        self._tokens = tokens or HubTokens(
+            settings.hub_url, node_audience(identity.instance, identity.org)
+        )
         self._identity = identity
         self._conf = conf
         self._keys = keys
@@ -134,31 +141,106 @@ class ConsumerGateway:
         )
         try:
             target, client = x.read(request)
-            self._authenticate(request, client)
+            await self._authenticate(request, client, target, x)
             conf = self._conf.usable()
-            provider = self._route(conf, client, target)
+            provider, resource = self._route(conf, client, target)
             x.record.peer_node = provider.name
-            return await self._forward(request, provider, x)
+            return await self._forward(request, provider, resource, x)
         except Problem as refused:
             return await x.refuse(refused)
 
-    def _authenticate(self, request: web.Request, client: p.Client) -> None:
+    async def _authenticate(
+        self, request: web.Request, client: p.Client, target: p.Target, x: Exchange
+    ) -> None:
+        """Check the app's credential: an API key (scoped to resources) or an access token
+        from the hub. A token that names a user decides ``X-Qiao-User``: the app cannot
+        claim to act for someone else with a header."""
         auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
-            raise Problem(problems.MISSING_CREDENTIAL, "send Authorization: Bearer <API key>")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise Problem(
+                problems.MISSING_CREDENTIAL,
+                "send Authorization: Bearer <API key or access token from the hub>",
+            )
         if str(client).rsplit("/", 1)[0] + "/" != self._identity.client_id_prefix:
             raise Problem(
                 problems.UNKNOWN_CLIENT,
                 f"{client} is not an app of this node's organization {self._identity.org}",
             )
-        owner = self._keys.client_for(auth[7:].strip())
-        if owner is None or owner != str(client):
+        credential = auth[7:].strip()
+        if looks_like_jwt(credential):
+            await self._check_access_token(credential, client, x)
+            return
+        grant = self._keys.check(credential)
+        if grant is None or grant.client != str(client):
             raise Problem(
                 problems.BAD_CREDENTIAL,
                 "the API key is unknown, expired, revoked, or belongs to another app",
             )
+        if not grant.allows(target.provider_org, target.resource):
+            raise Problem(
+                problems.OUT_OF_SCOPE,
+                f"API key {grant.key_id} is not scoped to {target.provider_org}/{target.resource}",
+            )
 
-    def _route(self, conf: GlobalConf, client: p.Client, target: p.Target) -> NodeEntry:
+    async def _check_access_token(self, token: str, client: p.Client, x: Exchange) -> None:
+        try:
+            at = await self._tokens.verify(token)
+        except HubKeysUnavailable as exc:
+            raise Problem(
+                problems.HUB_KEYS_UNAVAILABLE, f"the hub's signing keys are unavailable: {exc}"
+            ) from exc
+        except TokenRefused as exc:
+            raise Problem(problems.BAD_CREDENTIAL, f"the access token is refused: {exc}") from exc
+        if at.app != str(client):
+            raise Problem(
+                problems.BAD_CREDENTIAL,
+                f"the access token was issued to {at.app or 'a client bound to no app'}, "
+                f"not {client}",
+            )
+        # RFC 9068 §2.2: "sub" is the resource owner. It replaces whatever X-Qiao-User the
+        # app sent, so the record names the person the hub authenticated.
+        x.record.end_user = at.subject[:200]
+
+    async def _checked_request(
+        self,
+        request: web.Request,
+        resource: ResourceEntry,
+        data: bytes | AsyncIterator[bytes] | None,
+        x: Exchange,
+    ) -> bytes | None:
+        """The request body, read whole (bounded by max_body_bytes: ``x.body`` counts and
+        hashes it, so the request hash covers exactly what is sent) and checked against the
+        catalog's request schema; a body that fails never leaves this node."""
+        schema = resource.request_schema
+        assert schema is not None
+        if data is not None and not isinstance(data, bytes):
+            data = b"".join([chunk async for chunk in data])
+        if not data:
+            return data  # a query without a body: nothing to check
+        limit = self._settings.max_body_bytes
+        errors: list[Violation]
+        if not is_json_media_type(request.headers.get("Content-Type", "")):
+            errors = [Violation("", "contentMediaType", "application/json")]
+        else:
+            try:
+                plain = decoded(data, request.headers.get("Content-Encoding", ""), limit)
+            except Undecodable:
+                errors = [Violation("", "contentEncoding", "gzip-or-deflate")]
+            else:
+                errors = schema.check_json(plain)
+        if errors:
+            raise Problem(
+                problems.INVALID_REQUEST,
+                f"the request body does not match the catalog's parameters of "
+                f"{resource.org}/{resource.code} (version {resource.version}): "
+                f"{len(errors)} violation(s) listed in errors",
+                {"errors": [e.to_dict() for e in errors], "resource_version": resource.version},
+            )
+        return data
+
+    def _route(
+        self, conf: GlobalConf, client: p.Client, target: p.Target
+    ) -> tuple[NodeEntry, ResourceEntry]:
         if str(client) not in conf.apps:
             raise Problem(problems.UNKNOWN_CLIENT, f"{client} is not registered at the hub")
         if target.provider_org not in conf.org_names:
@@ -176,19 +258,21 @@ class ConsumerGateway:
             )
         for node in conf.nodes_by_org.get(target.provider_org, ()):
             if node.fingerprints:
-                return node
+                return node, resource
         raise Problem(
             problems.PROVIDER_UNREACHABLE,
             f"{target.provider_org} has no node with a valid certificate",
         )
 
     async def _forward(
-        self, request: web.Request, provider: NodeEntry, x: Exchange
+        self, request: web.Request, provider: NodeEntry, resource: ResourceEntry, x: Exchange
     ) -> web.StreamResponse:
         assert self._session is not None
         rec = x.record
         url = URL(provider.address + request.raw_path, encoded=True)
         data = await x.body.open()
+        if self._settings.validate_requests and resource.request_schema is not None:
+            data = await self._checked_request(request, resource, data, x)
         try:
             upstream = await self._session.request(
                 request.method,

@@ -58,3 +58,7 @@ class ApiKey(NodeBase):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the key may call: "*", "{provider org}/*" or "{provider org}/{resource}", space-
+    # separated; and the key that replaced it when it was rotated.
+    scopes: Mapped[str] = mapped_column(String(2000), default="*")
+    replaced_by: Mapped[str | None] = mapped_column(String(32), nullable=True)

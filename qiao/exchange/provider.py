@@ -15,6 +15,13 @@ from aiohttp import web
 from yarl import URL
 
 from qiao import problems
+from qiao.catalog.schema import (
+    PayloadValidator,
+    Undecodable,
+    Violation,
+    decoded,
+    is_json_media_type,
+)
 from qiao.config import NodeSettings
 from qiao.exchange import protocol as p
 from qiao.exchange.records import RecordWriter
@@ -25,7 +32,7 @@ from qiao.exchange.relay import (
     raw_rest,
     upstream_failure,
 )
-from qiao.globalconf import GlobalConf, NodeEntry
+from qiao.globalconf import GlobalConf, NodeEntry, ResourceEntry
 from qiao.node.confcache import ConfigurationCache
 from qiao.node.identity import NodeIdentity
 from qiao.problems import Problem
@@ -86,8 +93,8 @@ class ProviderGateway:
                     problems.CERTIFICATE_MISMATCH,
                     f"node {caller.name} of {caller.org} may not call for {client}",
                 )
-            backend = self._authorize(conf, client, target)
-            return await self._forward(request, target, backend, x)
+            backend, resource = self._authorize(conf, client, target)
+            return await self._forward(request, target, backend, resource, x)
         except Problem as refused:
             return await x.refuse(refused)
 
@@ -105,7 +112,9 @@ class ProviderGateway:
             )
         return node
 
-    def _authorize(self, conf: GlobalConf, client: p.Client, target: p.Target) -> str:
+    def _authorize(
+        self, conf: GlobalConf, client: p.Client, target: p.Target
+    ) -> tuple[str, ResourceEntry]:
         service = self._settings.services.get(target.resource)
         resource = conf.resources.get((target.provider_org, target.resource))
         if target.provider_org != self._identity.org or resource is None or service is None:
@@ -121,10 +130,15 @@ class ProviderGateway:
                 problems.PROVIDER_NOT_ALLOWED,
                 f"{client} may not use {target.provider_org}/{target.resource}",
             )
-        return service.url.rstrip("/")
+        return service.url.rstrip("/"), resource
 
     async def _forward(
-        self, request: web.Request, target: p.Target, backend: str, x: Exchange
+        self,
+        request: web.Request,
+        target: p.Target,
+        backend: str,
+        resource: ResourceEntry,
+        x: Exchange,
     ) -> web.StreamResponse:
         assert self._session is not None
         rec = x.record
@@ -154,4 +168,63 @@ class ProviderGateway:
                 request.method, request.path_qs, rec.exchange_id, rec.client, x.body.sha256
             )
             x.headers[p.H_REQUEST_HASH] = rec.request_hash
+            schema = resource.response_schema
+            if schema is not None and _carries_records(request, upstream):
+                return await x.relay_checked(
+                    request,
+                    upstream,
+                    self._settings.max_body_bytes,
+                    lambda body: self._check_response(schema, resource, upstream, body, x),
+                )
+            # No schema (or the backend's own problem, or no content): streamed as before.
             return await x.relay(request, upstream)
+
+    def _check_response(
+        self,
+        schema: PayloadValidator,
+        resource: ResourceEntry,
+        upstream: aiohttp.ClientResponse,
+        body: bytes | None,
+        x: Exchange,
+    ) -> Problem | None:
+        """None if the backend's answer matches the catalog; else the problem to answer with.
+        The problem names fields and rules, never values (they may be personal data)."""
+        limit = self._settings.max_body_bytes
+        content_type = upstream.headers.get("Content-Type", "")
+        if body is None:
+            errors = [Violation("", "maxBytes", f"over-{limit}-bytes")]
+        elif not is_json_media_type(content_type):
+            errors = [Violation("", "contentMediaType", "application/json")]
+        else:
+            try:
+                plain = decoded(body, upstream.headers.get("Content-Encoding", ""), limit)
+            except Undecodable:
+                errors = [Violation("", "contentEncoding", "gzip-or-deflate")]
+            else:
+                errors = schema.check_json(plain)
+        if not errors:
+            return None
+        what = f"{resource.org}/{resource.code}"
+        log.warning(
+            "exchange %s: the backend's answer for %s v%d breaks the catalog: %s",
+            x.record.exchange_id,
+            what,
+            resource.version,
+            ", ".join(f"{e.pointer or '/'} {e.keyword} {e.rule}".rstrip() for e in errors),
+        )
+        return Problem(
+            problems.INVALID_RESPONSE,
+            f"the answer of {what} (version {resource.version}) does not match the catalog: "
+            f"{len(errors)} violation(s) listed in errors",
+            {"errors": [e.to_dict() for e in errors], "resource_version": resource.version},
+        )
+
+
+def _carries_records(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """Only a successful answer with content is records; the backend's own problems (4xx,
+    5xx) and bodiless answers (HEAD, 204, 205, 304) pass through unchanged."""
+    return (
+        200 <= upstream.status < 300
+        and upstream.status not in (204, 205)
+        and request.method != "HEAD"
+    )

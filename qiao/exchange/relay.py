@@ -7,6 +7,7 @@ a request body is cut off as soon as it passes the configured limit.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -218,6 +219,62 @@ class Exchange:
             await self.finish()
             raise
 
+    async def relay_checked(
+        self,
+        request: web.Request,
+        upstream: ClientResponse,
+        limit: int,
+        check: Callable[[bytes | None], Problem | None],
+    ) -> web.StreamResponse:
+        """Like ``relay``, but the answer is read whole (at most ``limit`` bytes; ``check``
+        gets None past it) and ``check``ed before any of it is sent: an answer that fails is
+        replaced by the problem ``check`` returns, and recorded so. A passing answer goes on
+        byte for byte."""
+        self.record.status = upstream.status
+        try:
+            body = await read_limited(upstream, limit)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("exchange %s: the answer broke off: %s", self.record.exchange_id, exc)
+            problem = Problem(self._broken_off, "the answer broke off before it could be checked")
+            return await self.refuse(problem)
+        if body is not None and len(body) > SMALL:
+            # Checking megabytes takes milliseconds: keep the event loop serving others.
+            failed = await asyncio.get_running_loop().run_in_executor(None, check, body)
+        else:
+            failed = check(body)
+        if failed is not None:
+            return await self.refuse(failed)
+        assert body is not None
+        copy_response_headers(upstream, self.headers)
+        self.outcome.size = len(body)
+        self.outcome.sha256 = hashlib.sha256(body).hexdigest()
+        await self.finish()
+        return web.Response(body=body, status=upstream.status, headers=self.headers)
+
+
+async def read_limited(upstream: ClientResponse, limit: int) -> bytes | None:
+    """The whole answer, or None as soon as it is over ``limit`` bytes."""
+    length = upstream.content_length
+    if length is not None and length > limit:
+        return None
+    if length is not None and length <= SMALL:
+        return await upstream.read()
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def copy_response_headers(upstream: ClientResponse, headers: dict[str, str]) -> None:
+    for name in FORWARD_RESPONSE_HEADERS:
+        value = upstream.headers.get(name)
+        if value is not None:
+            headers[name] = value
+
 
 class ResponseOutcome:
     def __init__(self) -> None:
@@ -235,10 +292,7 @@ async def relay_response(
 ) -> web.StreamResponse:
     """Send ``upstream``'s answer to our caller; ``before_end`` runs before the last byte, so
     the exchange record is durable by the time the caller sees the response complete."""
-    for name in FORWARD_RESPONSE_HEADERS:
-        value = upstream.headers.get(name)
-        if value is not None:
-            headers[name] = value
+    copy_response_headers(upstream, headers)
     length = upstream.content_length
     if length is not None and length <= SMALL:
         body = await upstream.read()

@@ -19,9 +19,9 @@ from qiao.catalog import api as catalog_api
 from qiao.config import HubSettings
 from qiao.db import make_engine, migrate, session_factory
 from qiao.hub import auth
-from qiao.hub.auth import require
+from qiao.hub.auth import need, require
 from qiao.identity import api as identity_api
-from qiao.identity.roles import Role
+from qiao.identity.roles import Principal, Role
 from qiao.ledger.cosigning import Cosigning
 from qiao.ledger.exchanges import ExchangeLedger
 from qiao.ledger.service import HubLedger, ledger_api, submissions_api
@@ -135,8 +135,15 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     app.include_router(ledger_router(ledger.store), prefix="/ledger")
     app.include_router(submissions_api(ledger))
 
-    # The registry's own endpoints are the platform administrator's.
+    # Who may do what (docs/identity.md, "Roles"): the registry's structure is the platform
+    # administrator's; an organization's own apps, nodes and allow-lists are its
+    # administrators', security officers' and stewards'; anyone signed in may read the list
+    # of resources, which every department needs to find its partners.
     op: list[Any] = [Depends(require(Role.PLATFORM_ADMIN))]
+    anyone: list[Any] = [Depends(require(*Role))]
+    administrators: list[Any] = [
+        Depends(require(Role.ORG_ADMIN, Role.SECURITY_OFFICER, Role.AUDITOR))
+    ]
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict[str, Any]:
@@ -174,7 +181,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
             "ledger_key": registry.keys.log_signer.verifier().to_text(),
         }
 
-    @app.get("/api/v1/organizations", tags=["registry"], dependencies=op)
+    @app.get("/api/v1/organizations", tags=["registry"], dependencies=administrators)
     def organizations() -> list[dict[str, Any]]:
         apps = registry.list_apps()
         return [
@@ -193,25 +200,32 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
         org = registry.add_organization(body.code, body.name, name_en=body.name_en, kind=body.kind)
         return {"code": org.code, "name": org.name}
 
-    @app.post(
-        "/api/v1/organizations/{org}/apps", tags=["registry"], dependencies=op, status_code=201
-    )
-    def add_app(org: str, body: AppIn) -> dict[str, str]:
+    @app.post("/api/v1/organizations/{org}/apps", tags=["registry"], status_code=201)
+    def add_app(
+        org: str, body: AppIn, who: Principal = Depends(require(Role.ORG_ADMIN))
+    ) -> dict[str, str]:
+        need(who, Role.ORG_ADMIN, org=org.upper())
         a = registry.add_app(org, body.code, body.name)
         return {"client": f"{registry.instance}/{a.org_code}/{a.code}"}
 
     @app.post(
         "/api/v1/organizations/{org}/enrollment-tokens",
         tags=["trust"],
-        dependencies=op,
         status_code=201,
     )
-    def enrollment_token(org: str) -> dict[str, str]:
+    def enrollment_token(
+        org: str, who: Principal = Depends(require(Role.SECURITY_OFFICER))
+    ) -> dict[str, str]:
+        need(who, Role.SECURITY_OFFICER, org=org.upper())
         token, expires = registry.create_enrollment_token(org)
         return {"token": token, "expires_at": expires.isoformat()}
 
-    @app.get("/api/v1/nodes", tags=["registry"], dependencies=op)
-    def nodes() -> list[dict[str, Any]]:
+    @app.get("/api/v1/nodes", tags=["registry"])
+    def nodes(
+        who: Principal = Depends(require(Role.SECURITY_OFFICER, Role.AUDITOR)),
+    ) -> list[dict[str, Any]]:
+        """Nodes and their certificates: all for the platform administrator, the caller's
+        own organization's for its security officers and auditors."""
         return [
             {
                 "name": n.name,
@@ -228,21 +242,42 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
                 ],
             }
             for n, certs in registry.list_nodes()
+            if who.is_platform_admin or n.org_code == who.org
         ]
 
-    @app.post("/api/v1/certificates/{serial}/revoke", tags=["trust"], dependencies=op)
-    def revoke(serial: str, body: RevokeIn) -> dict[str, list[str]]:
+    @app.post("/api/v1/certificates/{serial}/revoke", tags=["trust"])
+    def revoke(
+        serial: str, body: RevokeIn, who: Principal = Depends(require(Role.SECURITY_OFFICER))
+    ) -> dict[str, list[str]]:
+        """Revoke a node certificate (by serial, or all of a node's by its name): the
+        security officer of the node's organization, or the platform administrator."""
+        owner = next(
+            (
+                n.org_code
+                for n, certs in registry.list_nodes()
+                if n.name == serial or any(c.serial == serial for c in certs)
+            ),
+            None,
+        )
+        if owner is None and not who.is_platform_admin:
+            raise Problem(problems.NOT_FOUND, f"no certificate or node {serial}")
+        if owner is not None:
+            need(who, Role.SECURITY_OFFICER, org=owner)
         return {"revoked": registry.revoke(serial, body.reason)}
 
-    @app.get("/api/v1/resources", tags=["registry"], dependencies=op)
+    @app.get("/api/v1/resources", tags=["registry"], dependencies=anyone)
     def resources() -> list[dict[str, Any]]:
         return [
             {"org": r.org_code, "code": r.code, "name": r.name, "allowed_clients": allowed}
             for r, allowed in registry.list_resources()
         ]
 
-    @app.post("/api/v1/resources", tags=["registry"], dependencies=op, status_code=201)
-    def add_resource(body: ResourceIn) -> dict[str, str]:
+    stewards = Depends(require(Role.DATA_STEWARD, Role.ORG_ADMIN))
+    owners = Depends(require(Role.DATA_STEWARD, Role.ORG_ADMIN, Role.APPROVER))
+
+    @app.post("/api/v1/resources", tags=["registry"], status_code=201)
+    def add_resource(body: ResourceIn, who: Principal = stewards) -> dict[str, str]:
+        need(who, Role.DATA_STEWARD, Role.ORG_ADMIN, org=body.org.upper())
         r = registry.add_resource(body.org, body.code, body.name)
         for client in body.allowed_clients:
             registry.allow(r.org_code, r.code, client)
@@ -251,20 +286,20 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     @app.post(
         "/api/v1/resources/{org}/{code}/clients",
         tags=["registry"],
-        dependencies=op,
         status_code=201,
     )
-    def allow(org: str, code: str, body: ClientIn) -> dict[str, str]:
+    def allow(org: str, code: str, body: ClientIn, who: Principal = owners) -> dict[str, str]:
+        need(who, Role.DATA_STEWARD, Role.ORG_ADMIN, Role.APPROVER, org=org.upper())
         registry.allow(org, code, body.client)
         return {"allowed": body.client}
 
     @app.delete(
         "/api/v1/resources/{org}/{code}/clients/{client:path}",
         tags=["registry"],
-        dependencies=op,
         status_code=204,
     )
-    def disallow(org: str, code: str, client: str) -> Response:
+    def disallow(org: str, code: str, client: str, who: Principal = owners) -> Response:
+        need(who, Role.DATA_STEWARD, Role.ORG_ADMIN, Role.APPROVER, org=org.upper())
         registry.disallow(org, code, client)
         return Response(status_code=204)
 

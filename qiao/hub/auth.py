@@ -22,12 +22,13 @@ actions must live in the request's own context, which the endpoint's worker thre
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
 from qiao import problems
+from qiao.identity import sessions
 from qiao.identity.roles import Principal, Role
 from qiao.problems import Problem
 from qiao.registry.services import RegistryService, current_actor
@@ -54,6 +55,58 @@ def token_authenticator(registry: RegistryService) -> Authenticator:
         who = await run_in_threadpool(registry.check_operator_token, token)
         if who is None:
             raise Problem(problems.FORBIDDEN, "the token is not valid")
+        return who
+
+    return authenticate
+
+
+class SessionDirectory(Protocol):
+    """What the session authenticator needs from the identity service."""
+
+    def principal_for_session(self, token: str, client_address: str) -> Principal | None: ...
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def check_origin(request: Request, allowed: frozenset[str]) -> None:
+    """Refuse a cross-site request: the Origin (or, lacking it, the Referer) must be the
+    hub's own or an allowed one (OWASP CSRF Prevention, "verifying origin with standard
+    headers"). Browsers send Origin on every cross-origin POST (RFC 6454 §7, Fetch)."""
+    origin = request.headers.get("origin")
+    if origin is None and request.headers.get("referer"):
+        origin = sessions.origin_of(request.headers["referer"])
+    if origin is not None and origin.lower() not in allowed:
+        raise Problem(problems.CSRF_REFUSED, f"requests from {origin} are not accepted")
+
+
+def session_authenticator(identity: SessionDirectory, allowed: frozenset[str]) -> Authenticator:
+    """Signed-in users' session cookies (``qiao_session``). A request that sends any
+    Authorization header is left to the token authenticators: a bearer caller is not a
+    browser, and must not be judged by a cookie it happens to carry.
+
+    Unsafe methods need the session's CSRF token in ``X-CSRF-Token`` and a same-origin
+    Origin: SameSite cookies alone do not cover same-site sibling hosts or old browsers."""
+
+    async def authenticate(request: Request) -> Principal | None:
+        if request.headers.get("authorization"):
+            return None
+        token = request.cookies.get(sessions.COOKIE)
+        if not token:
+            return None
+        who = await run_in_threadpool(
+            identity.principal_for_session, token, client_address(request)
+        )
+        if who is None:
+            raise Problem(problems.SESSION_EXPIRED, "the session has ended; sign in again")
+        if request.method in sessions.UNSAFE_METHODS:
+            check_origin(request, allowed)
+            if not sessions.csrf_matches(token, request.headers.get(sessions.CSRF_HEADER, "")):
+                raise Problem(
+                    problems.CSRF_REFUSED,
+                    f"send the session's CSRF token in {sessions.CSRF_HEADER}",
+                )
         return who
 
     return authenticate

@@ -6,8 +6,10 @@ configuration; nodes notice the new serial on their next fetch.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
+import importlib
 import json
 import secrets
 import threading
@@ -459,6 +461,7 @@ class RegistryService:
             certs = list(s.scalars(select(Certificate).order_by(Certificate.serial)))
             resources = list(s.scalars(select(Resource).order_by(Resource.org_code, Resource.code)))
             allowed = {r.id: [c.client for c in r.allowed] for r in resources}
+        catalogued = self._catalog_entries()
         apps_by_org: dict[str, list[str]] = {}
         for a in apps:
             apps_by_org.setdefault(a.org_code, []).append(a.code)
@@ -520,9 +523,29 @@ class RegistryService:
                     "code": r.code,
                     "name": r.name,
                     "allowed_clients": allowed[r.id],
+                    **catalogued.get((r.org_code, r.code), {}),
                 }
                 for r in resources
             ],
+        }
+
+    def _catalog_entries(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Each catalogued resource's published version, status and the JSON Schemas derived
+        from its specification (``qiao.catalog``), for the nodes to validate with."""
+        from qiao.catalog.service import CatalogService
+
+        specs, elements, code_lists = CatalogService(self).published_for_configuration()
+        derive_schemas: Any = None
+        # The schema derivation may not be part of this build yet.
+        with contextlib.suppress(ImportError):
+            derive_schemas = importlib.import_module("qiao.catalog.schema").derive_schemas
+        return {
+            key: {
+                "version": spec.version,
+                "status": spec.status.value,
+                "schemas": derive_schemas(spec, elements, code_lists) if derive_schemas else None,
+            }
+            for key, spec in specs.items()
         }
 
     def signed_global_conf(self) -> dict[str, Any]:

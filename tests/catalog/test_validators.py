@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,16 +15,26 @@ from qiao.catalog.validators import (
     citizen_id_birth_date,
     citizen_id_check_char,
     citizen_id_sex,
+    division_level,
+    division_name,
     is_new_energy_plate,
     is_valid_citizen_id,
+    is_valid_date,
+    is_valid_datetime,
+    is_valid_division_code,
     is_valid_mobile,
     is_valid_plate,
+    is_valid_time,
     is_valid_uscc,
     org_code_check_char,
     uscc_check_char,
     validate_citizen_id,
+    validate_date,
+    validate_datetime,
+    validate_division_code,
     validate_mobile,
     validate_plate,
+    validate_time,
     validate_uscc,
 )
 
@@ -295,3 +306,241 @@ def test_bad_mobiles_name_the_broken_rule(value: str, rule: str, message: str) -
         validate_mobile(value)
     assert (e.value.rule, e.value.message) == (rule, message)
     assert not is_valid_mobile(value)
+
+
+# --- GB/T 2260 administrative division codes ------------------------------------------------
+
+
+def _table() -> dict[str, tuple[str, str]]:
+    """The shipped table, read independently of the validator."""
+    from importlib import resources
+
+    text = resources.files("qiao.catalog.data").joinpath("gbt2260.csv").read_text("utf-8")
+    lines = [line for line in text.splitlines() if not line.startswith("#")][1:]
+    return {c: (n, lv) for c, n, lv in (line.split(",") for line in lines)}
+
+
+TABLE = _table()
+DIVISIONS = sorted(TABLE)
+
+
+def test_the_table_covers_every_province_and_prefecture() -> None:
+    levels = [lv for _n, lv in TABLE.values()]
+    assert levels.count("province") == 34  # 23 provinces, 5 regions, 4 municipalities, HK, MO
+    assert levels.count("prefecture") >= 333
+    assert levels.count("county") >= 2800
+    assert TABLE["440300"] == ("深圳市", "prefecture")
+    assert TABLE["110000"] == ("北京市", "province")
+    # Every county's province is in the table.
+    assert all(c[:2] + "0000" in TABLE for c in TABLE)
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        ("440000", "广东省"),
+        ("440300", "广东省深圳市"),
+        ("440305", "广东省深圳市南山区"),
+        ("110101", "北京市东城区"),  # 110100 市辖区 is a grouping, not a place
+        ("429004", "湖北省仙桃市"),  # a county directly under the province
+        ("810000", "香港特别行政区"),
+    ],
+)
+def test_division_names(code: str, name: str) -> None:
+    assert validate_division_code(code) == code
+    assert division_name(code) == name
+
+
+def test_a_county_missing_from_the_table_is_valid_under_a_known_prefecture() -> None:
+    assert "440399" not in TABLE
+    assert validate_division_code("440399") == "440399"
+    assert division_name("440399") == "广东省深圳市"
+    assert division_level("440399") == "county"
+    assert division_level("440300") == "prefecture" and division_level("440000") == "province"
+
+
+@given(st.sampled_from(DIVISIONS))
+def test_every_code_in_the_table_is_valid(code: str) -> None:
+    assert validate_division_code(code) == code and is_valid_division_code(code)
+    assert division_name(code)
+
+
+def _oracle(code: str) -> bool:
+    if code in TABLE:
+        return True
+    county = not code.endswith("00")
+    return county and (
+        code[:4] + "00" in TABLE or (code[2:4] == "90" and code[:2] + "0000" in TABLE)
+    )
+
+
+@settings(max_examples=50)
+@given(st.sampled_from(DIVISIONS))
+def test_every_single_substitution_of_a_division_code_follows_the_rule(code: str) -> None:
+    # There is no check digit: a substituted code is valid exactly when the table (or a known
+    # parent, for county codes) says so.
+    for corrupted in substitutions(code, [DIGITS] * 6):
+        assert is_valid_division_code(corrupted) == _oracle(corrupted), corrupted
+        if not _oracle(corrupted):
+            assert rule_of(validate_division_code, corrupted) == "division.unknown"
+
+
+@given(st.text(DIGITS, min_size=0, max_size=12).filter(lambda s: len(s) != 6 and s.strip()))
+def test_division_codes_of_the_wrong_length(value: str) -> None:
+    assert rule_of(validate_division_code, value) == "division.length"
+
+
+@given(
+    st.sampled_from(DIVISIONS),
+    st.integers(0, 5),
+    st.characters(blacklist_categories=("Nd", "Zs", "Cc", "Cs")),
+)
+def test_division_codes_with_other_characters(code: str, at: int, ch: str) -> None:
+    assert rule_of(validate_division_code, code[:at] + ch + code[at + 1 :]) == "division.character"
+
+
+def test_full_width_digits_are_not_division_codes() -> None:
+    assert rule_of(validate_division_code, "４４０３００") == "division.character"
+
+
+# --- Dates and times (RFC 3339) -------------------------------------------------------------
+
+
+@given(st.dates())
+def test_generated_dates_are_valid(day: date) -> None:
+    text = day.isoformat()
+    if day.year >= 1000:
+        assert validate_date(text) == text and is_valid_date(text)
+
+
+@given(
+    st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 30)),
+    st.integers(-14 * 60, 14 * 60),
+)
+def test_generated_datetimes_with_offsets_are_valid(when: datetime, minutes: int) -> None:
+    tz = timezone(timedelta(minutes=minutes))
+    text = when.replace(tzinfo=tz).isoformat()
+    assert validate_datetime(text) == text and is_valid_datetime(text)
+    assert validate_time(when.time().isoformat())
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("2026-02-29", "date.calendar"),
+        ("2026-13-01", "date.calendar"),
+        ("2026-1-1", "date.format"),
+        ("20261129", "date.format"),
+        ("2026/11/29", "date.format"),
+        ("２０２６-11-29", "date.format"),
+    ],
+)
+def test_bad_dates(value: str, rule: str) -> None:
+    assert rule_of(validate_date, value) == rule
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("2026-11-29T10:00:00", "datetime.format"),  # no offset: ambiguous between departments
+        ("2026-11-29T10:00", "datetime.format"),
+        ("2026-11-29T10:00:00+0800", "datetime.format"),
+        ("2026-11-29T10:00:00 CST", "datetime.format"),
+        ("2026-11-29X10:00:00+08:00", "datetime.format"),
+        ("2026-11-31T10:00:00+08:00", "datetime.calendar"),
+        ("2026-11-29T24:00:00+08:00", "datetime.calendar"),
+    ],
+)
+def test_bad_datetimes(value: str, rule: str) -> None:
+    assert rule_of(validate_datetime, value) == rule
+
+
+def test_datetime_separators_and_zulu() -> None:
+    assert validate_datetime("2026-11-29 10:00:00Z") == "2026-11-29T10:00:00Z"
+    assert validate_datetime("2026-11-29t10:00:00.5+08:00") == "2026-11-29T10:00:00.5+08:00"
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("25:00:00", "time.range"),
+        ("12:60:00", "time.range"),
+        ("12:00", "time.format"),
+        ("12:00:00+08:00", "time.format"),
+        ("noon", "time.format"),
+    ],
+)
+def test_bad_times(value: str, rule: str) -> None:
+    assert rule_of(validate_time, value) == rule
+    assert not is_valid_time(value)
+
+
+@given(
+    st.dates(min_value=date(1000, 1, 1)),
+    st.integers(0, 9),
+    st.characters(exclude_characters="0123456789"),
+)
+def test_dates_with_a_character_replaced_fail(day: date, at: int, ch: str) -> None:
+    text = day.isoformat()
+    if text[at] == "-":
+        return
+    assert not is_valid_date(text[:at] + ch + text[at + 1 :])
+
+
+# --- Wrong lengths and alphabets, for every validator ---------------------------------------
+
+# (validator, a generator of valid values, the rule for a wrong length, the rule for a
+# character outside the alphabet)
+LENGTH_AND_ALPHABET = [
+    (validate_uscc, usccs, "uscc.length", "uscc.character"),
+    (lambda v: validate_citizen_id(v, today=TODAY), citizen_ids(), "citizen-id.length",
+     "citizen-id.character"),
+    (validate_mobile, st.text(DIGITS, min_size=9, max_size=9).map(lambda s: "13" + s),
+     "mobile.length", "mobile.character"),
+    (validate_division_code, st.sampled_from(DIVISIONS), "division.length", "division.character"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("check", "valid", "length_rule", "_c"), LENGTH_AND_ALPHABET)
+@settings(max_examples=30)
+@given(data=st.data())
+def test_one_character_more_or_less_is_a_length_error(
+    check: Callable[[str], str], valid: Any, length_rule: str, _c: str, data: st.DataObject
+) -> None:
+    value = data.draw(valid)
+    at = data.draw(st.integers(0, len(value) - 1))
+    shorter = value[:at] + value[at + 1 :]
+    longer = value[:at] + data.draw(st.sampled_from(DIGITS)) + value[at:]
+    for wrong in (shorter, longer):
+        rule = rule_of(check, wrong)
+        # Mobile numbers accept an 86 country code, which a longer number can look like.
+        assert rule == length_rule or (check is validate_mobile and rule == "mobile.prefix")
+
+
+@pytest.mark.parametrize(("check", "valid", "_l", "alphabet_rule"), LENGTH_AND_ALPHABET)
+@settings(max_examples=30)
+@given(data=st.data())
+def test_a_character_outside_the_alphabet_is_refused(
+    check: Callable[[str], str], valid: Any, _l: str, alphabet_rule: str, data: st.DataObject
+) -> None:
+    value = data.draw(valid)
+    at = data.draw(st.integers(1, len(value) - 2))  # inner positions: edges are stripped
+    # Letters I, O, Z, S, V are outside every alphabet here; so are CJK and full-width digits.
+    ch = data.draw(st.sampled_from(["I", "O", "Z", "S", "V", "中", "５", "#", "."]))
+    assert rule_of(check, value[:at] + ch + value[at + 1 :]) == alphabet_rule
+
+
+@settings(max_examples=30)
+@given(ordinary_plates, st.sampled_from(["I", "O", "#", "中", "５"]), st.integers(2, 6))
+def test_a_plate_character_outside_the_alphabet_is_refused(
+    parts: tuple[str, str, str], ch: str, at: int
+) -> None:
+    plate = "".join(parts)
+    assert rule_of(validate_plate, plate[:at] + ch + plate[at + 1 :]) == "plate.character"
+
+
+@given(ordinary_plates, st.integers(0, 2))
+def test_plates_of_the_wrong_length(parts: tuple[str, str, str], cut: int) -> None:
+    province, authority, serial = parts
+    assert rule_of(validate_plate, province + authority + serial[: cut + 2]) == "plate.length"
+    assert rule_of(validate_plate, province + authority + serial + "12") == "plate.length"

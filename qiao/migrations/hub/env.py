@@ -1,6 +1,9 @@
 """Alembic environment of the hub's database."""
 
+from qiao.catalog import models as catalog_models  # noqa: F401
 from qiao.db import HubBase
+from qiao.identity import models as identity_models  # noqa: F401
+from qiao.identity import oidc_models  # noqa: F401
 from qiao.ledger import cosigning, exchanges  # noqa: F401
 from qiao.ledger import models as ledger_models  # noqa: F401
 from qiao.migrations.common import run
