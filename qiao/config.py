@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -81,8 +81,9 @@ class ExternalIdpSettings(BaseModel):
     name_claim: str = "name"
     org_claim: str = "org_uscc"
     roles_claim: str = "groups"
-    # IdP group or role value -> Qiao role; values not listed give no role. platform-admin
-    # is only ever granted by an explicit entry here.
+    # IdP group or role value -> Qiao role; values not listed give no role. Users from an
+    # IdP belong to an organization, so platform-admin (a role of no organization) cannot be
+    # mapped: such an entry is refused when the settings load.
     role_map: dict[str, str] = Field(default_factory=dict)
     # Organizations (USCC) whose users may sign in this way; empty = every registered one.
     allowed_orgs: list[str] = Field(default_factory=list)
@@ -90,6 +91,18 @@ class ExternalIdpSettings(BaseModel):
     provision: bool = True
     # The IdP's ID tokens carry MFA in amr/acr; require it (for roles that need MFA).
     require_mfa: bool = False
+
+    @field_validator("role_map")
+    @classmethod
+    def _known_roles(cls, value: dict[str, str]) -> dict[str, str]:
+        from qiao.identity.roles import Role, parse_roles
+
+        for external, role in value.items():
+            if Role.PLATFORM_ADMIN in parse_roles(role):  # also names unknown roles
+                raise ValueError(
+                    f"role_map[{external!r}]: platform-admin is never granted by an IdP"
+                )
+        return value
 
 
 class HubSettings(_FileSettings):

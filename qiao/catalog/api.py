@@ -40,13 +40,16 @@ from qiao.catalog.spec import (
     SharingType,
 )
 from qiao.config import HubSettings
-from qiao.hub.auth import caller
-from qiao.identity.roles import Principal
+from qiao.hub.auth import caller, require
+from qiao.identity.roles import Principal, Role
 from qiao.problems import PROBLEM_CONTENT_TYPE, Problem
 from qiao.registry.services import RegistryService
 
 TAGS: list[str | Any] = ["catalog"]
 Who = Annotated[Principal, Depends(caller)]
+# Writers are checked for the role before the body is read, so a caller who may not publish
+# gets 403 whatever it sent; the providing organization is checked once the body is parsed.
+Steward = Annotated[Principal, Depends(require(Role.DATA_STEWARD, Role.ORG_ADMIN))]
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 JSON_LD = "application/ld+json"
 MAX_WORKBOOK = 20 * 1024 * 1024  # bytes; a full city catalog is a few megabytes
@@ -236,7 +239,7 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
         status_code=201,
         openapi_extra=_schema(ResourceSpec, "resource-spec"),
     )
-    async def publish(request: Request, who: Who) -> Response:
+    async def publish(request: Request, who: Steward) -> Response:
         """Publish a resource specification. 201 with version n+1 when it changed, 200 with
         the current version when it is identical. Needs data-steward or org-admin of the
         provider."""
@@ -248,7 +251,7 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
         response_model=ResourceOut,
         openapi_extra=_schema(ResourceSpec, "resource-spec"),
     )
-    async def put_resource(org: str, code: str, request: Request, who: Who) -> Response:
+    async def put_resource(org: str, code: str, request: Request, who: Steward) -> Response:
         """Like POST, with the provider and code also in the path (they must agree)."""
         return await _publish(request, who, (org, code))
 
@@ -257,7 +260,7 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
         summary="Deprecate a resource",
         response_model=ResourceOut,
     )
-    def deprecate(org: str, code: str, body: DeprecateIn, who: Who) -> ResourceOut:
+    def deprecate(org: str, code: str, body: DeprecateIn, who: Steward) -> ResourceOut:
         """Mark a resource deprecated (废止); its versions stay readable."""
         return _resource_out(catalog.deprecate(who, org, code, body.reason))
 
@@ -285,7 +288,7 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
     )
     async def publish_element(
         request: Request,
-        who: Who,
+        who: Steward,
         owner: Annotated[
             str | None, Query(description="Owning organization; omit for a platform standard")
         ] = None,
@@ -315,7 +318,7 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
     )
     async def publish_code_list(
         request: Request,
-        who: Who,
+        who: Steward,
         owner: Annotated[
             str | None, Query(description="Owning organization; omit for a platform standard")
         ] = None,
@@ -327,7 +330,7 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
     # --- import and export ---------------------------------------------------------------
     @router.post("/import", summary="Import a catalog workbook (.xlsx)", response_model=ImportOut)
     async def import_workbook(
-        who: Who,
+        who: Steward,
         file: Annotated[UploadFile, File(description="The catalog template (.xlsx)")],
         owner: Annotated[
             str | None,

@@ -82,6 +82,7 @@ DEPARTMENTS: tuple[Department, ...] = (
 # given as "dept" (every app of it) or "dept/app".
 ALLOWED: dict[tuple[str, str], tuple[str, ...]] = {
     ("police", "vehicle-violations"): ("transport/traffic-enforcement",),
+    ("police", "traffic-accidents"): ("transport",),
     ("police", "identity-verification"): ("bank/credit-check", "market"),
     ("market", "enterprise-credit"): ("bank/credit-check", "police"),
     ("transport", "bike-stations"): ("police",),

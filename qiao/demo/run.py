@@ -21,7 +21,7 @@ from yarl import URL
 from qiao.db import make_engine
 from qiao.demo import backends
 from qiao.demo.city import Deployment
-from qiao.demo.people import DemoCity, build_city
+from qiao.demo.people import DemoCity, build_city, generate_accidents
 from qiao.demo.processes import free_port
 from qiao.exchange.models import ExchangeRecord
 
@@ -98,6 +98,24 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
                     bool(ok),
                     f"{r.status}, {len(body.get('violations', []))} violation(s) of "
                     f"{city.violations[0].plate}, exchange {xid}",
+                )
+            )
+
+        # 1b. Transport reads the day's traffic accidents: a catalogued resource, so the
+        # police node checks the answer against the schema derived from its items.
+        accidents = generate_accidents()
+        day = str(accidents[-1]["occurred_at"])[:10]
+        police = dep.codes["police"]
+        url = f"{dep.nodes['transport'].url}/r1/{police}/traffic-accidents?date={day}"
+        async with http.get(url, headers=s["headers"]) as r:
+            body = await _json(r)
+            want = sum(1 for a in accidents if str(a["occurred_at"]).startswith(day))
+            got = len(body.get("accidents", []))
+            out.append(
+                Outcome(
+                    "transport → public security: traffic accidents (checked against the catalog)",
+                    r.status == 200 and got == want > 0,
+                    f"{r.status}, {got} accident(s) on {day}",
                 )
             )
 

@@ -94,7 +94,7 @@ def map_claims(
     - the organization claim must be a valid USCC of a registered organization, and in
       ``allowed_orgs`` when that list is set;
     - roles come only from ``role_map`` (IdP value → Qiao role); unknown values give nothing,
-      and platform-admin only from an explicit entry;
+      and platform-admin never (the settings refuse mapping it);
     - ``amr`` is carried through so the hub can tell whether the IdP did MFA."""
     username = str(claims.get(conf.username_claim) or "").strip()
     if not username or len(username) > 100:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import update
 
 from qiao.config import ExternalIdpSettings
@@ -149,15 +150,18 @@ def test_claim_mapping_rules() -> None:
         {"preferred_username": "zhang", "org": A.lower(), "groups": ["审批", "platform-admin"]},
         known,
     )
-    # platform-admin from outside is ignored unless mapped explicitly; unknown groups too
+    # a group named like a Qiao role gives nothing unless mapped; unknown groups neither
     assert u.username == f"{IDP}:zhang" and u.org == A and u.roles == {Role.APPROVER}
     assert map_claims(
         IDP, CONF, {"preferred_username": "z", "org": A, "groups": "sjgly"}, known
     ).roles == {Role.DATA_STEWARD}
-    explicit = CONF.model_copy(update={"role_map": {"root": "platform-admin"}})
-    assert map_claims(
-        IDP, explicit, {"preferred_username": "z", "org": A, "groups": ["root"]}, known
-    ).roles == {Role.PLATFORM_ADMIN}
+    # platform-admin is never granted from outside: mapping it is refused with the settings
+    with pytest.raises(ValidationError, match="platform-admin"):
+        ExternalIdpSettings.model_validate(
+            {**CONF.model_dump(), "role_map": {"root": "platform-admin"}}
+        )
+    with pytest.raises(ValidationError, match="unknown role"):
+        ExternalIdpSettings.model_validate({**CONF.model_dump(), "role_map": {"x": "root"}})
     bad: list[dict[str, Any]] = [
         {"org": A},  # no username
         {"preferred_username": "z"},  # no organization
