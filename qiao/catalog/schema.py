@@ -374,4 +374,8 @@ def decoded(body: bytes, encoding: str, limit: int) -> bytes:
         raise Undecodable(f"the {coding} body is corrupt") from exc
     if len(out) > limit or d.unconsumed_tail:
         raise Undecodable(f"the decoded body is over the {limit}-byte limit")
+    # zlib stops at the end of the first gzip member; a client decompresses every member.
+    # Whatever follows would reach the client unchecked, so it is refused.
+    if not d.eof or d.unused_data:
+        raise Undecodable(f"the {coding} body has data the check cannot see")
     return out

@@ -204,7 +204,9 @@ class Exchange:
         problem = self.body.problem() if self.body.over_limit else refused
         self.record.status, self.record.problem_type = problem.status, problem.kind.uri
         resp = problem_response(problem, self.headers)
-        self.outcome.size = len(resp.body) if isinstance(resp.body, bytes) else 0
+        body = resp.body if isinstance(resp.body, bytes) else b""
+        # The record hashes what the caller receives, as the caller's node does.
+        self.outcome.size, self.outcome.sha256 = len(body), hashlib.sha256(body).hexdigest()
         await self.finish()
         return resp
 

@@ -224,6 +224,15 @@ def test_media_types_and_content_codings() -> None:
         s.decoded(b"not gzip", "gzip", 100)
     with pytest.raises(s.Undecodable, match="cannot be checked"):
         s.decoded(body, "br", 100)
+    # A second gzip member or trailing bytes would reach the client unchecked.
+    for smuggled in (
+        gzip.compress(b"[]") + gzip.compress(b"NOT CHECKED"),
+        gzip.compress(b"[]") + b"x",
+    ):
+        with pytest.raises(s.Undecodable, match="cannot see"):
+            s.decoded(smuggled, "gzip", 100)
+    with pytest.raises(s.Undecodable, match="cannot see"):
+        s.decoded(gzip.compress(body)[:-4], "gzip", 100)  # truncated: no end of stream
 
 
 def _reference(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:

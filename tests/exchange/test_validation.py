@@ -326,6 +326,9 @@ async def test_invalid_answer_is_refused_naming_fields_and_rules_not_values(pair
     for role in ("consumer", "provider"):
         assert recs[role]["status"] == 502
         assert recs[role]["problem_type"] == "urn:qiao:problem:provider:invalid-response"
+    # Both records hash the problem the app received: the evidence agrees.
+    digest = hashlib.sha256(body).hexdigest()
+    assert recs["consumer"]["response_hash"] == recs["provider"]["response_hash"] == digest
 
 
 async def test_missing_required_field_points_at_it(pair: Pair) -> None:
