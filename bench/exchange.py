@@ -3,6 +3,13 @@
     app (wrk) → consumer node → mutual TLS → provider node → backend
     app (wrk) → backend                                     (the baseline)
 
+Two resources lead to the same backend path, each under a signed agreement both nodes enforce:
+``vehicle-violations`` (catalogued: the provider node checks each answer against the catalog's
+schema, keeps the agreement's fields and masks location and plate — the demo's terms) and
+``violations-raw`` (not catalogued: the agreement has no projection and no masking, so the
+answer is relayed as the backend sent it). The difference between the two is what validation,
+projection and masking cost on the exchange path.
+
 Both runs happen in one invocation on the same machine, with the same load generator (Debian's
 ``wrk``, one thread, so it takes as little CPU from the servers as possible) and the same
 number of connections. Prints one JSON document with throughput, latency percentiles, and the
@@ -83,6 +90,55 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _bench_agreements(dep: Deployment, reg: object) -> None:
+    """The agreements the benchmark runs under, made the way departments make them (applied
+    for by transport, approved by the police approver): the demo's terms on
+    ``vehicle-violations`` (its fields, location and plate masked) but without the demo's rate
+    limit and daily quota, which a load test would exhaust in seconds; and a plain agreement on
+    ``violations-raw``, registered without a catalog entry."""
+    from qiao.agreements.document import Masking, MaskRule
+    from qiao.agreements.service import AgreementService, Application, Narrowing
+    from qiao.demo.sharing import person
+    from qiao.identity.roles import CLI, Role
+
+    police = dep.codes["police"]
+    svc = AgreementService(reg)
+    svc.revoke(CLI, dep.sharing.agreements["violations"], "replaced by the benchmark's terms")
+    reg.add_resource(police, "violations-raw")  # type: ignore[attr-defined]
+    for code in ("vehicle-violations", "violations-raw"):
+        request = svc.apply(
+            person(dep.codes, "transport", Role.APP_DEVELOPER),
+            police,
+            code,
+            Application(
+                purposes=("traffic-enforcement",),
+                purpose_text="benchmark",
+                legal_basis="benchmark",
+                apps=("traffic-enforcement",),
+            ),
+        )
+        narrowing = Narrowing()
+        if code == "vehicle-violations":
+            narrowing = Narrowing(
+                fields=tuple(f for f in FIELDS if f != "record_id"),
+                masking={"location": Masking(rule=MaskRule.ADDRESS)},
+            )
+        svc.approve(person(dep.codes, "police", Role.APPROVER), request.id, narrowing)
+
+
+FIELDS = (
+    "record_id",
+    "plate",
+    "code",
+    "description",
+    "occurred_at",
+    "location",
+    "fine_yuan",
+    "points",
+    "handled",
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--connections", type=int, default=64)
@@ -112,10 +168,14 @@ def main() -> None:
         data_dir=tmp / "city",
         backend_urls={"police": f"http://127.0.0.1:{port}"},
         node_settings={"log_level": "warning"},
+        extra_services={
+            "police": {"violations-raw": {"url": f"http://127.0.0.1:{port}/violations"}}
+        },
     )
     try:
         dep.prepare()
         reg = dep.start_hub()
+        _bench_agreements(dep, reg)
         dep.start_nodes(reg, only={"police", "transport"})
         for _ in range(50):
             try:
@@ -126,12 +186,17 @@ def main() -> None:
         direct_url = f"http://127.0.0.1:{port}/violations?plate=B12345"
         t = dep.nodes["transport"]
         qiao_url = f"{t.url}/r1/{dep.codes['police']}/vehicle-violations?plate=B12345"
+        raw_url = f"{t.url}/r1/{dep.codes['police']}/violations-raw?plate=B12345"
         headers = {
             "X-Qiao-Client": dep.client("transport", "traffic-enforcement"),
             "Authorization": f"Bearer {t.api_keys['traffic-enforcement']}",
-            "X-Qiao-Purpose": "benchmark",
+            "X-Qiao-Purpose": "traffic-enforcement",
         }
-        assert httpx.get(qiao_url, headers=headers).status_code == 200
+        masked = httpx.get(qiao_url, headers=headers)
+        assert masked.status_code == 200, masked.text
+        assert httpx.get(raw_url, headers=headers).status_code == 200
+        sample = masked.json()["violations"][0]
+        assert sample["location"].endswith("****") and "record_id" not in sample, sample
 
         wrk(direct_url, {}, args.connections, args.warmup)
         direct = wrk(direct_url, {}, args.connections, args.duration)
@@ -147,6 +212,7 @@ def main() -> None:
         cpu_before = {k: _cpu_seconds(p.pid) for k, p in pids.items() if p}
         wrk_before = _children_cpu()
         full = wrk(qiao_url, headers, args.connections, args.duration)
+        assert full["non_2xx"] == 0, full
         cpu = {
             k: round((_cpu_seconds(p.pid) - cpu_before[k]) / args.duration, 3)
             for k, p in pids.items()
@@ -157,6 +223,11 @@ def main() -> None:
             spy.wait()
         # Latency without queueing: one connection, one exchange at a time.
         after = _records(dep, "transport")
+        # The same path under an agreement without projection or masking, on a resource the
+        # catalog does not describe (no schema check either).
+        wrk(raw_url, headers, args.connections, args.warmup)
+        raw = wrk(raw_url, headers, args.connections, args.duration)
+        assert raw["non_2xx"] == 0, raw
         single = {"direct": wrk(direct_url, {}, 1, 5), "qiao": wrk(qiao_url, headers, 1, 5)}
         result = {
             "benchmark": "exchange-path",
@@ -165,6 +236,12 @@ def main() -> None:
             "direct": direct,
             "qiao": full,
             "throughput_ratio": round(full["requests_per_s"] / direct["requests_per_s"], 3),
+            # Under an agreement without projection, masking or schema: what validation,
+            # projection and masking cost (qiao = with them).
+            "qiao_unmasked": raw,
+            "masking_and_validation_throughput_ratio": round(
+                full["requests_per_s"] / raw["requests_per_s"], 3
+            ),
             "added_latency_ms": {
                 k: round(full[k] - direct[k], 3)
                 for k in ("p50_ms", "p99_ms")
@@ -172,6 +249,7 @@ def main() -> None:
             },
             "one_connection": {
                 **single,
+                "qiao_unmasked": wrk(raw_url, headers, 1, 5),
                 "added_latency_ms": {
                     k: round(single["qiao"][k] - single["direct"][k], 3)
                     for k in ("p50_ms", "p99_ms")

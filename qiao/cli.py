@@ -234,42 +234,21 @@ def resource_add(
     org: str,
     code: str,
     name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
-    allow: Annotated[
-        list[str] | None,
-        typer.Option(help="Client allowed to call it: {instance}/{org}[/{app}]. Repeatable."),
-    ] = None,
 ) -> None:
-    """Register a resource that organization ORG provides through its node."""
+    """Register a resource that organization ORG provides through its node (who may call it
+    is decided by agreements: `qiao request`, docs/agreements.md)."""
     reg = _registry(ctx)
     r = reg.add_resource(org, code, name)
-    for client in allow or []:
-        reg.allow(r.org_code, r.code, client)
     console.print(f"registered {r.org_code}/{r.code}")
-
-
-@res_app.command("allow")
-@_guard
-def resource_allow(ctx: typer.Context, org: str, code: str, client: str) -> None:
-    """Allow CLIENT ({instance}/{org}[/{app}]) to call resource ORG/CODE."""
-    _registry(ctx).allow(org, code, client)
-    console.print(f"{client} may now call {org}/{code}")
-
-
-@res_app.command("disallow")
-@_guard
-def resource_disallow(ctx: typer.Context, org: str, code: str, client: str) -> None:
-    """Withdraw CLIENT's permission to call resource ORG/CODE."""
-    _registry(ctx).disallow(org, code, client)
-    console.print(f"{client} may no longer call {org}/{code}")
 
 
 @res_app.command("list")
 @_guard
 def resource_list(ctx: typer.Context) -> None:
-    """List resources and their allowed clients."""
-    t = Table("org", "code", "name", "allowed clients")
-    for r, allowed in _registry(ctx).list_resources():
-        t.add_row(r.org_code, r.code, r.name, "\n".join(allowed))
+    """List the registered resources."""
+    t = Table("org", "code", "name")
+    for r in _registry(ctx).list_resources():
+        t.add_row(r.org_code, r.code, r.name)
     console.print(t)
 
 
@@ -450,8 +429,13 @@ app.add_typer(ledger_app, name="ledger")
 
 def _add_subcommands() -> None:
     # Late imports: each area keeps its commands in its own module.
+    from qiao.agreements import cli as agreements_cli
+    from qiao.agreements import emergency_cli
     from qiao.catalog.cli import catalog_app
     from qiao.identity.cli import apps_app, users_app
+
+    agreements_cli.register(app)
+    emergency_cli.register(app)
 
     for sub, name in ((catalog_app, "catalog"), (users_app, "users"), (apps_app, "apps")):
         if sub.registered_commands or sub.registered_groups:

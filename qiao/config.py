@@ -158,6 +158,15 @@ class HubSettings(_FileSettings):
     argon2_time_cost: int = Field(3, ge=1)
     argon2_memory_kib: int = Field(64 * 1024, ge=8)
     argon2_parallelism: int = Field(4, ge=1)
+    # --- emergency mode (应急; docs/agreements.md) ---
+    # The longest emergency two platform administrators may declare, in hours; and how long a
+    # declaration waits for the second administrator before it lapses.
+    emergency_max_hours: int = Field(72, ge=1, le=24 * 30)
+    emergency_confirm_seconds: int = Field(3600, ge=60, le=24 * 3600)
+    # --- the global configuration's long poll (GET ...?wait=N) ---
+    # How often a waiting request re-reads the serial from the database: replicas share the
+    # database, not memory, so this bounds how late a change made on another replica is seen.
+    configuration_poll_seconds: float = Field(0.5, gt=0, le=5)
 
     @model_validator(mode="after")
     def _fill(self) -> HubSettings:
@@ -197,6 +206,10 @@ class NodeSettings(_FileSettings):
     # How often to fetch the global configuration, and how long a cached one stays usable
     # after the hub was last reached.
     config_refresh_seconds: float = Field(30.0, gt=0)
+    # Long polling: each fetch asks the hub to hold the answer up to this many seconds until
+    # the configuration changes, so a change reaches the node within a second or so; 0 turns
+    # it off (plain polling every config_refresh_seconds). The hub caps the wait at 55 s.
+    config_wait_seconds: float = Field(25.0, ge=0, le=55)
     config_grace_seconds: float = Field(24 * 3600.0, gt=0)
     provider_timeout_seconds: float = Field(60.0, gt=0)
     # How often to send pending exchange records to the hub's ledger.

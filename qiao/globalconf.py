@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from qiao.agreements.policy import Policy, compile_policy
 from qiao.catalog.schema import PayloadValidator, compile_schema
 
 KIND = "qiao-global-configuration/1"
@@ -34,15 +35,15 @@ class ResourceEntry:
     org: str
     code: str
     name: str
-    allowed: frozenset[str]
     version: int = 0
+    # The record's field names (what agreements project), where the records sit in an
+    # answer (a JSON Pointer, RFC 6901) and the sharing type, as the catalog publishes them.
+    fields: tuple[str, ...] = ()
+    records_at: str = ""
+    sharing_type: str = ""
     # Compiled from the catalog's JSON Schemas (qiao.catalog.schema); None = not validated.
     response_schema: PayloadValidator | None = field(default=None, compare=False)
     request_schema: PayloadValidator | None = field(default=None, compare=False)
-
-    def allows(self, client: str) -> bool:
-        """A client ``{instance}/{org}/{app}`` is allowed by its own id or its org's."""
-        return client in self.allowed or client.rsplit("/", 1)[0] in self.allowed
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class GlobalConf:
     ca_pems: tuple[str, ...] = field(default=())
     ledger_origin: str = ""
     ledger_key: str = ""  # the log's C2SP verifier key
+    # Agreements and emergencies, verified and compiled once per configuration: who may
+    # call what (qiao.agreements.policy). Replaces the foundation's allow-list.
+    policy: Policy = field(default_factory=Policy, compare=False)
 
     @classmethod
     def compile(cls, doc: dict[str, Any]) -> GlobalConf:
@@ -90,6 +94,9 @@ class GlobalConf:
                 for fp in fps:
                     by_fp[fp] = entry
             resources = {(r["org"], r["code"]): _resource(r) for r in doc["resources"]}
+            # Documents from before agreements have no "agreements" or "emergencies":
+            # the policy is then empty and every call is refused (no agreement).
+            policy = compile_policy(doc, {k: r.fields for k, r in resources.items()})
             return cls(
                 instance=instance,
                 serial=int(doc["serial"]),
@@ -104,21 +111,25 @@ class GlobalConf:
                 ca_pems=tuple(doc["ca_certificates"]),
                 ledger_origin=doc.get("ledger", {}).get("origin", ""),
                 ledger_key=doc.get("ledger", {}).get("key", ""),
+                policy=policy,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"global configuration has an unexpected shape: {exc!r}") from exc
 
 
 def _resource(r: dict[str, Any]) -> ResourceEntry:
-    # "version" and "schemas" arrived with the catalog; documents without them still load.
+    # "version", "schemas", "fields", "records_at" and "sharing_type" arrived with the
+    # catalog and agreements; documents without them still load.
     schemas = r.get("schemas") or {}
     response, request = schemas.get("response"), schemas.get("request")
     return ResourceEntry(
         r["org"],
         r["code"],
         r.get("name", ""),
-        frozenset(r["allowed_clients"]),
         version=int(r.get("version", 0)),
+        fields=tuple(str(f) for f in r.get("fields") or ()),
+        records_at=str(r.get("records_at") or ""),
+        sharing_type=str(r.get("sharing_type") or ""),
         # Compiled validators are cached by schema hash: an unchanged schema costs nothing.
         response_schema=compile_schema(response) if response else None,
         request_schema=compile_schema(request) if request else None,

@@ -50,7 +50,6 @@ BAD_CREDENTIAL = _t("client", "bad-credential", 401, "The app credential is not 
 BAD_HEADER = _t("client", "bad-header", 400, "A Qiao header has an invalid value")
 UNKNOWN_PROVIDER = _t("client", "unknown-provider", 404, "No such provider organization")
 UNKNOWN_RESOURCE = _t("client", "unknown-resource", 404, "No such resource at this provider")
-NOT_ALLOWED = _t("client", "not-allowed", 403, "The client may not use this resource")
 BODY_TOO_LARGE = _t("client", "body-too-large", 413, "The request body is over the limit")
 BAD_TILE_PATH = _t(
     "client", "bad-tile-path", 400, "The path is not a C2SP tlog-tiles tile or entry bundle path"
@@ -60,6 +59,38 @@ OUT_OF_SCOPE = _t("client", "out-of-scope", 403, "The app credential does not co
 INVALID_REQUEST = _t(
     "client", "invalid-request", 422, "The request body does not match the resource's schema"
 )
+
+# Agreements (docs/agreements.md): what no agreement, or the agreement's terms, do not allow.
+NO_AGREEMENT = _t("client", "no-agreement", 403, "No agreement lets this client use this resource")
+AGREEMENT_NOT_YET_VALID = _t(
+    "client", "agreement-not-yet-valid", 403, "The agreement is not yet in force"
+)
+AGREEMENT_EXPIRED = _t("client", "agreement-expired", 403, "The agreement has expired")
+AGREEMENT_SUSPENDED = _t("client", "agreement-suspended", 403, "The agreement is suspended")
+AGREEMENT_REVOKED = _t("client", "agreement-revoked", 403, "The agreement has been revoked")
+PURPOSE_NOT_ALLOWED = _t(
+    "client",
+    "purpose-not-allowed",
+    403,
+    "X-Qiao-Purpose is missing or not one the agreement allows",
+)
+END_USER_REQUIRED = _t(
+    "client", "end-user-required", 403, "The agreement requires X-Qiao-User to name the end user"
+)
+OPERATION_NOT_ALLOWED = _t(
+    "client", "operation-not-allowed", 403, "The agreement does not allow this method or path"
+)
+FIELD_NOT_ALLOWED = _t(
+    "client", "field-not-allowed", 403, "The request asks for a field outside the agreement"
+)
+OUTSIDE_TIME_WINDOW = _t(
+    "client", "outside-time-window", 403, "The agreement does not allow calls at this time"
+)
+EMERGENCY_ONLY = _t(
+    "client", "emergency-only", 403, "The agreement is usable only during a declared emergency"
+)
+RATE_LIMITED = _t("client", "rate-limited", 429, "The agreement's rate limit is reached")
+QUOTA_EXHAUSTED = _t("client", "quota-exhausted", 429, "The agreement's daily quota is used up")
 
 # --- consumer-side errors: the caller's own node could not carry the exchange --------------
 CONFIGURATION_EXPIRED = _t(
@@ -82,6 +113,12 @@ REQUEST_HASH_MISMATCH = _t(
 HUB_KEYS_UNAVAILABLE = _t(
     "consumer", "hub-keys-unavailable", 503, "The hub's token signing keys are unavailable"
 )
+AGREEMENT_INVALID = _t(
+    "consumer",
+    "agreement-invalid",
+    403,
+    "The agreement does not verify (hash or signature) at the consumer's node",
+)
 
 # --- provider-side errors: the provider's node or backend refused or failed ----------------
 CERTIFICATE_REVOKED = _t(
@@ -92,9 +129,6 @@ CERTIFICATE_MISMATCH = _t(
     "certificate-mismatch",
     403,
     "The calling node's certificate does not match the global configuration",
-)
-PROVIDER_NOT_ALLOWED = _t(
-    "provider", "not-allowed", 403, "The provider refuses this client for this resource"
 )
 PROVIDER_UNKNOWN_RESOURCE = _t(
     "provider", "unknown-resource", 404, "The provider's node does not serve this resource"
@@ -112,6 +146,12 @@ INVALID_RESPONSE = _t(
     "invalid-response",
     502,
     "The provider backend's answer does not match the resource's schema",
+)
+PROVIDER_AGREEMENT_INVALID = _t(
+    "provider",
+    "agreement-invalid",
+    403,
+    "The agreement does not verify (hash or signature) at the provider's node",
 )
 
 # --- hub (control plane) errors -----------------------------------------------------------
@@ -150,6 +190,23 @@ CATALOG_ENTRY_IN_USE = _t(
 )
 CATALOG_IMPORT_FAILED = _t(
     "hub", "catalog-import-failed", 422, "The catalog workbook has errors; nothing was imported"
+)
+RESOURCE_NOT_SHARED = _t(
+    "hub", "resource-not-shared", 409, "A non-shared resource is reachable only in an emergency"
+)
+REASON_REQUIRED = _t("hub", "reason-required", 422, "A refusal (or suspension) needs a reason")
+REQUEST_DECIDED = _t("hub", "request-decided", 409, "The sharing request is already decided")
+APPROVAL_WIDENS = _t(
+    "hub", "approval-widens", 422, "An approval may narrow the request, never widen it"
+)
+AGREEMENT_STATE = _t(
+    "hub", "agreement-state", 409, "The agreement's state does not allow this change"
+)
+SECOND_ADMINISTRATOR_REQUIRED = _t(
+    "hub",
+    "second-administrator-required",
+    403,
+    "Another platform administrator must confirm this emergency",
 )
 INTERNAL = _t("hub", "internal", 500, "Internal error")
 

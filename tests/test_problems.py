@@ -16,10 +16,10 @@ def test_every_problem_type_is_documented_and_unique() -> None:
 
 
 def test_problem_body() -> None:
-    p = problems.Problem(problems.NOT_ALLOWED, "no", {"extra": 1})
+    p = problems.Problem(problems.NO_AGREEMENT, "no", {"extra": 1})
     assert p.to_dict("/r1/x") == {
-        "type": "urn:qiao:problem:client:not-allowed",
-        "title": problems.NOT_ALLOWED.title,
+        "type": "urn:qiao:problem:client:no-agreement",
+        "title": problems.NO_AGREEMENT.title,
         "status": 403,
         "detail": "no",
         "instance": "/r1/x",

@@ -17,6 +17,7 @@ from qiao.config import HubSettings
 from qiao.db import make_engine, migrate
 from qiao.demo.people import make_uscc
 from qiao.demo.processes import Process, free_port, write_toml
+from qiao.demo.sharing import DemoSharing, seed_agreements
 from qiao.exchange.keys import ApiKeyService
 from qiao.node.identity import enroll
 
@@ -78,17 +79,6 @@ DEPARTMENTS: tuple[Department, ...] = (
     ),
 )
 
-# Who may call what, before agreements replace this allow-list: (provider, resource) -> clients
-# given as "dept" (every app of it) or "dept/app".
-ALLOWED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("police", "vehicle-violations"): ("transport/traffic-enforcement",),
-    ("police", "traffic-accidents"): ("transport",),
-    ("police", "identity-verification"): ("bank/credit-check", "market"),
-    ("market", "enterprise-credit"): ("bank/credit-check", "police"),
-    ("transport", "bike-stations"): ("police",),
-    ("health", "epidemic-daily"): ("police", "transport", "market"),
-}
-
 
 def org_codes(seed: int = SEED) -> dict[str, str]:
     """Each department's unified social credit code, generated with valid check characters."""
@@ -136,6 +126,8 @@ class Deployment:
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
     # Sign-in names of the demo's people (written with their secrets to users.json).
     users: list[str] = field(default_factory=list)
+    # The agreements the demo made (qiao.demo.sharing).
+    sharing: DemoSharing = field(default_factory=DemoSharing)
 
     def _port(self, offset: int) -> int:
         return self.base_port + offset if self.base_port else free_port()
@@ -181,11 +173,6 @@ class Deployment:
             for a in d.apps:
                 reg.add_app(org, a)
         self.publish_catalog(reg)
-        for (prov, res), clients in ALLOWED.items():
-            for c in clients:
-                dept, _, app = c.partition("/")
-                client = self.client(dept, app) if app else f"{self.instance}/{self.codes[dept]}"
-                reg.allow(self.codes[prov], res, client)
         return reg
 
     def seed_users(self, settings: HubSettings, reg: Any) -> Path:
@@ -200,7 +187,11 @@ class Deployment:
         from qiao.identity.service import IdentityService
 
         identity = IdentityService(reg, settings)
-        wanted: list[tuple[str, str | None, Role]] = [("admin", None, Role.PLATFORM_ADMIN)]
+        # Two platform administrators: declaring an emergency takes both (docs/agreements.md).
+        wanted: list[tuple[str, str | None, Role]] = [
+            ("admin", None, Role.PLATFORM_ADMIN),
+            ("admin-2", None, Role.PLATFORM_ADMIN),
+        ]
         for d in DEPARTMENTS:
             for role in Role:
                 if role is not Role.PLATFORM_ADMIN:
@@ -266,6 +257,7 @@ class Deployment:
         settings = self.hub_settings()
         reg = self.seed_registry(settings)
         self.seed_users(settings, reg)
+        self.sharing = seed_agreements(reg, self.codes)
         self.hub_url = settings.public_url
         self.hub = Process(
             "hub",

@@ -79,43 +79,59 @@ async def _json(r: aiohttp.ClientResponse) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"unexpected_body": data}
 
 
-async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
+async def scenario(dep: Deployment, city: DemoCity, reg: Any = None) -> list[Outcome]:
     out: list[Outcome] = []
+    sharing = dep.sharing
     async with aiohttp.ClientSession() as http:
-        # 1. Transport looks up a vehicle's violations at public security.
+        # 1. Transport looks up a vehicle's violations at public security, under an agreement
+        # the police approver narrowed and masked: no record number, location to the district.
         s = sample_call(dep, city)
         async with http.get(s["url"], headers=s["headers"]) as r:
             body = await _json(r)
             xid = r.headers.get("X-Qiao-Id", "")
             rhash = r.headers.get("X-Qiao-Request-Hash", "")
             expected = [v for v in city.violations if v.plate == city.violations[0].plate]
-            ok = (
-                r.status == 200 and len(body.get("violations", [])) == len(expected) and bool(rhash)
-            )
+            got = body.get("violations", [])
+            ok = r.status == 200 and len(got) == len(expected) and bool(rhash)
             out.append(
                 Outcome(
                     "transport → public security: vehicle violations",
                     bool(ok),
-                    f"{r.status}, {len(body.get('violations', []))} violation(s) of "
+                    f"{r.status}, {len(got)} violation(s) of "
                     f"{city.violations[0].plate}, exchange {xid}",
                 )
             )
+            masked = bool(got) and all(
+                str(v.get("location", "")).endswith("****")
+                and str(v.get("location")) != e.location
+                and not any(h in v for h in sharing.hidden)
+                for v, e in zip(got, expected, strict=False)
+            )
+            sample = got[0].get("location") if got else None
+            out.append(
+                Outcome(
+                    "agreement masking: location to the district, record number withheld",
+                    masked,
+                    f"location {sample!r}; fields {sorted(got[0]) if got else []}",
+                )
+            )
 
-        # 1b. Transport reads the day's traffic accidents: a catalogued resource, so the
-        # police node checks the answer against the schema derived from its items.
+        # 1b. Transport reads the day's traffic accidents: an unconditional resource it
+        # subscribed to; the police node checks the answer against the catalog's schema.
         accidents = generate_accidents()
         day = str(accidents[-1]["occurred_at"])[:10]
         police = dep.codes["police"]
         url = f"{dep.nodes['transport'].url}/r1/{police}/traffic-accidents?date={day}"
-        async with http.get(url, headers=s["headers"]) as r:
+        headers = {**s["headers"], "X-Qiao-Purpose": "traffic-management"}
+        async with http.get(url, headers=headers) as r:
             body = await _json(r)
             want = sum(1 for a in accidents if str(a["occurred_at"]).startswith(day))
-            got = len(body.get("accidents", []))
+            got_n = len(body.get("accidents", []))
             out.append(
                 Outcome(
                     "transport → public security: traffic accidents (checked against the catalog)",
-                    r.status == 200 and got == want > 0,
-                    f"{r.status}, {got} accident(s) on {day}",
+                    r.status == 200 and got_n == want > 0,
+                    f"{r.status}, {got_n} accident(s) on {day}",
                 )
             )
 
@@ -140,16 +156,35 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
                 )
             )
 
-        # 3. The bank may not read vehicle violations: refused before it leaves the bank.
+        # 3. Without an agreement nothing passes: the bank has none for vehicle violations,
+        # and market regulation's application for them was refused (with its reason).
         url = f"{bank.url}/r1/{dep.codes['police']}/vehicle-violations?plate=x"
         async with http.get(url, headers=headers) as r:
             body = await _json(r)
-            ok = r.status == 403 and body.get("type") == "urn:qiao:problem:client:not-allowed"
+            ok = r.status == 403 and body.get("type") == "urn:qiao:problem:client:no-agreement"
             out.append(
                 Outcome(
-                    "bank → public security: violations (not allowed)",
+                    "bank → public security: violations (no agreement)",
                     ok,
                     f"{r.status} {body.get('type')}",
+                )
+            )
+        market = dep.nodes["market"]
+        refused = {
+            "X-Qiao-Client": dep.client("market", "registration"),
+            "Authorization": f"Bearer {market.api_keys['registration']}",
+            "X-Qiao-Purpose": "license-review",
+        }
+        url = f"{market.url}/r1/{dep.codes['police']}/vehicle-violations?plate=x"
+        async with http.get(url, headers=refused) as r:
+            body = await _json(r)
+            ok = r.status == 403 and body.get("type") == "urn:qiao:problem:client:no-agreement"
+            out.append(
+                Outcome(
+                    "market → public security: violations (request refused)",
+                    ok and bool(sharing.refused_request),
+                    f"{r.status} {body.get('type')}; {sharing.refused_request}: "
+                    f"{sharing.refusal_reason}",
                 )
             )
 
@@ -160,6 +195,11 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
             body = await _json(r)
             ok = r.status == 401 and body.get("type") == "urn:qiao:problem:client:bad-credential"
             out.append(Outcome("wrong API key refused", ok, f"{r.status} {body.get('type')}"))
+
+        # 4b. The epidemic drill: the health commission's statistics reach public security
+        # only while two platform administrators have declared an emergency.
+        if reg is not None:
+            out += await _epidemic_drill(dep, reg, http)
 
     # 5. Both nodes recorded the first exchange, with the same request hash.
     first = out[0].detail.rsplit(" ", 1)[-1]
@@ -183,6 +223,71 @@ async def scenario(dep: Deployment, city: DemoCity) -> list[Outcome]:
             "both nodes recorded the exchange",
             roles == {"consumer", "provider"} and same,
             f"roles {sorted(roles)}, request hashes agree: {same}",
+        )
+    )
+    return out
+
+
+async def _epidemic_drill(dep: Deployment, reg: Any, http: aiohttp.ClientSession) -> list[Outcome]:
+    from qiao.agreements.emergencies import EmergencyService
+    from qiao.demo.sharing import admin
+
+    police = dep.nodes["police"]
+    headers = {
+        "X-Qiao-Client": dep.client("police", "police-app"),
+        "Authorization": f"Bearer {police.api_keys['police-app']}",
+        "X-Qiao-Purpose": "epidemic-response",
+    }
+    url = f"{police.url}/r1/{dep.codes['health']}/epidemic-daily"
+    out: list[Outcome] = []
+    async with http.get(url, headers=headers) as r:
+        body = await _json(r)
+        out.append(
+            Outcome(
+                "public security → health: epidemic statistics before the emergency",
+                r.status == 403 and body.get("type") == "urn:qiao:problem:client:emergency-only",
+                f"{r.status} {body.get('type')}",
+            )
+        )
+    emergencies = EmergencyService(reg)
+    declared = await asyncio.to_thread(
+        lambda: emergencies.declare(
+            admin("admin"),
+            resources=[f"{dep.codes['health']}/epidemic-daily"],
+            reason="演练:突发公共卫生事件二级响应",
+            duration_hours=2,
+        )
+    )
+    await asyncio.to_thread(lambda: emergencies.confirm(admin("admin-2"), declared.id))
+    # Every node learns of it within seconds (long-polled configuration).
+    t0, status, days, xid = asyncio.get_running_loop().time(), 0, 0, ""
+    while asyncio.get_running_loop().time() - t0 < 15:
+        async with http.get(url, headers=headers) as r:
+            body = await _json(r)
+            status, days, xid = r.status, len(body.get("days", [])), r.headers.get("X-Qiao-Id", "")
+        if status == 200:
+            break
+        await asyncio.sleep(0.2)
+    took = asyncio.get_running_loop().time() - t0
+    out.append(
+        Outcome(
+            "epidemic drill: emergency declared by two administrators, statistics shared",
+            status == 200 and days > 0,
+            f"{status}, {days} day(s) of statistics {took:.1f} s after confirmation "
+            f"({declared.id})",
+        )
+    )
+    flagged: list[Any] = []
+    for _ in range(150):
+        flagged = await asyncio.to_thread(lambda: emergencies.accesses(admin(), declared.id))
+        if any(a.exchange_id == xid for a in flagged):
+            break
+        await asyncio.sleep(0.2)
+    out.append(
+        Outcome(
+            "emergency access flagged for review",
+            any(a.exchange_id == xid for a in flagged),
+            f"{len(flagged)} access(es) under {declared.id} awaiting review",
         )
     )
     return out
@@ -257,7 +362,7 @@ async def _run(
             console.print("starting the hub and five departments' nodes …")
         reg = await asyncio.to_thread(dep.start_hub)
         await asyncio.to_thread(dep.start_nodes, reg)
-        outcomes = await scenario(dep, city)
+        outcomes = await scenario(dep, city, reg)
         ok = all(o.ok for o in outcomes)
         if as_json:
             print(

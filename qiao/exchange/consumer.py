@@ -1,7 +1,8 @@
 """The consumer side of an exchange: a department app calls its own node.
 
-The node authenticates the app, checks the global configuration (the consumer node rejects
-early what the provider would refuse anyway), finds the provider's node and calls it over
+The node authenticates the app, decides under the agreements of the global configuration and
+counts the call against the agreement's limits (the consumer node rejects early what the
+provider would refuse anyway), finds the provider's node and calls it over
 mutual TLS, pinned to the certificate fingerprints the signed configuration lists.
 """
 
@@ -17,10 +18,13 @@ from aiohttp import web
 from yarl import URL
 
 from qiao import problems
+from qiao.agreements.policy import Decision
 from qiao.catalog.schema import Undecodable, Violation, decoded, is_json_media_type
 from qiao.config import NodeSettings
+from qiao.db import utcnow
 from qiao.exchange import protocol as p
 from qiao.exchange.keys import ApiKeyService, HubKeysUnavailable, HubTokens
+from qiao.exchange.limits import NOT_COUNTED, Limiter
 from qiao.exchange.records import RecordWriter
 from qiao.exchange.relay import Exchange, client_session, forward_headers, upstream_failure
 from qiao.globalconf import GlobalConf, NodeEntry, ResourceEntry
@@ -86,11 +90,13 @@ class ConsumerGateway:
         self._pins: dict[tuple[str, int], frozenset[bytes]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._limiter = Limiter(writer.engine, "consumer")
         conf.listeners.append(self._on_configuration)
         if conf.current is not None:
             self._on_configuration(conf.current)
 
     def _on_configuration(self, conf: GlobalConf) -> None:
+        self._limiter.seed(conf.policy.agreements.values(), utcnow())
         pins: dict[tuple[str, int], frozenset[bytes]] = {}
         for nodes in conf.nodes_by_org.values():
             for node in nodes:
@@ -145,9 +151,30 @@ class ConsumerGateway:
             conf = self._conf.usable()
             provider, resource = self._route(conf, client, target)
             x.record.peer_node = provider.name
-            return await self._forward(request, provider, resource, x)
+            decision = self._decide(conf, request, target, x)
+            try:
+                return await self._forward(request, provider, resource, x)
+            finally:
+                if x.outcome.problem_type in NOT_COUNTED:
+                    # The provider's limiter (authoritative) did not admit the call: neither
+                    # does this node's count, as its records say (qiao.exchange.limits).
+                    self._limiter.release(decision.agreement, x.record.started_at)
         except Problem as refused:
             return await x.refuse(refused)
+
+    def _decide(
+        self, conf: GlobalConf, request: web.Request, target: p.Target, x: Exchange
+    ) -> Decision:
+        """Decide under the agreements before any byte goes to the provider (the consumer
+        node rejects early; the provider decides again, with authority)."""
+        rec = x.record
+        decision = conf.policy.decide(
+            rec.client, target.provider_org, target.resource, request.method, target.path,
+            request.query, rec.purpose, rec.end_user, rec.started_at, "consumer",
+        )  # fmt: skip
+        rec.agreement, rec.emergency = decision.agreement.id, decision.emergency
+        self._limiter.admit(decision.agreement, rec.started_at)
+        return decision
 
     async def _authenticate(
         self, request: web.Request, client: p.Client, target: p.Target, x: Exchange
@@ -250,11 +277,6 @@ class ConsumerGateway:
             raise Problem(
                 problems.UNKNOWN_RESOURCE,
                 f"{target.provider_org} provides no resource {target.resource!r}",
-            )
-        if not resource.allows(str(client)):
-            raise Problem(
-                problems.NOT_ALLOWED,
-                f"{client} may not use {target.provider_org}/{target.resource}",
             )
         for node in conf.nodes_by_org.get(target.provider_org, ()):
             if node.fingerprints:

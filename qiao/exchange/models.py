@@ -19,6 +19,8 @@ class ExchangeRecord(NodeBase):
         Index("ix_exchange_records_exchange_id", "exchange_id"),
         Index("ix_exchange_records_started_at", "started_at"),
         Index("ix_exchange_records_ledger_index", "ledger_index"),
+        # The limiters count an agreement's calls today and in its window from here.
+        Index("ix_exchange_records_agreement_started_at", "agreement", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -40,6 +42,10 @@ class ExchangeRecord(NodeBase):
     response_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     request_hash: Mapped[str] = mapped_column(String(64), default="")
     response_hash: Mapped[str] = mapped_column(String(64), default="")
+    # The agreement the call was decided under, and the emergency that admitted it if one
+    # did ("" otherwise): audit asks "who used which agreement", review asks for emergencies.
+    agreement: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    emergency: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # The record's index in the hub's ledger once the hub accepted it; NULL until then (the
     # records table is the ledger outbox).
     ledger_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

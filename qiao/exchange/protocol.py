@@ -56,6 +56,9 @@ FORWARD_RESPONSE_HEADERS = (
     "Content-Range",
     "Accept-Ranges",
     "Location",
+    # RFC 9110 §10.2.3: an app refused by the provider's rate limit or quota learns when to
+    # come back.
+    "Retry-After",
 )
 
 

@@ -43,6 +43,10 @@ class Record:
     response_bytes: int = 0
     request_hash: str = ""
     response_hash: str = ""
+    # The agreement the call was decided under (its id; "" if refused before one was found)
+    # and the emergency that admitted it, if only one did (flagged for review afterwards).
+    agreement: str = ""
+    emergency: str = ""
 
 
 Waiter = tuple[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]
@@ -67,6 +71,11 @@ class RecordWriter:
         self.written = 0
         self.commits = 0
         self._thread.start()
+
+    @property
+    def engine(self) -> Engine:
+        """The node's store (the rate limiters seed their counts from its records)."""
+        return self._engine
 
     async def write(self, record: Record) -> None:
         loop = asyncio.get_running_loop()

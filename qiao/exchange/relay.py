@@ -203,6 +203,10 @@ class Exchange:
         """Answer with a problem (the body limit's, if the body ran over) and record it."""
         problem = self.body.problem() if self.body.over_limit else refused
         self.record.status, self.record.problem_type = problem.status, problem.kind.uri
+        wait = problem.extra.get("retry_after")
+        if isinstance(wait, int):
+            # RFC 9110 §10.2.3 (and RFC 6585 §4 for 429): delay-seconds, also in the body.
+            self.headers["Retry-After"] = str(wait)
         resp = problem_response(problem, self.headers)
         body = resp.body if isinstance(resp.body, bytes) else b""
         # The record hashes what the caller receives, as the caller's node does.
@@ -227,11 +231,13 @@ class Exchange:
         upstream: ClientResponse,
         limit: int,
         check: Callable[[bytes | None], Problem | None],
+        rewrite: Callable[[bytes], bytes | Problem] | None = None,
     ) -> web.StreamResponse:
         """Like ``relay``, but the answer is read whole (at most ``limit`` bytes; ``check``
         gets None past it) and ``check``ed before any of it is sent: an answer that fails is
         replaced by the problem ``check`` returns, and recorded so. A passing answer goes on
-        byte for byte."""
+        byte for byte, unless ``rewrite`` replaces it (masking: the new body is sent without
+        a Content-Encoding, and the record hashes what is sent) or refuses it."""
         self.record.status = upstream.status
         try:
             body = await read_limited(upstream, limit)
@@ -239,15 +245,28 @@ class Exchange:
             log.warning("exchange %s: the answer broke off: %s", self.record.exchange_id, exc)
             problem = Problem(self._broken_off, "the answer broke off before it could be checked")
             return await self.refuse(problem)
+
+        def process(body: bytes | None) -> bytes | Problem:
+            failed = check(body)
+            if failed is not None:
+                return failed
+            assert body is not None
+            return rewrite(body) if rewrite is not None else body
+
         if body is not None and len(body) > SMALL:
             # Checking megabytes takes milliseconds: keep the event loop serving others.
-            failed = await asyncio.get_running_loop().run_in_executor(None, check, body)
+            outcome = await asyncio.get_running_loop().run_in_executor(None, process, body)
         else:
-            failed = check(body)
-        if failed is not None:
-            return await self.refuse(failed)
-        assert body is not None
+            outcome = process(body)
+        if isinstance(outcome, Problem):
+            return await self.refuse(outcome)
         copy_response_headers(upstream, self.headers)
+        if outcome is not body:
+            # The rewritten body is plain JSON: what it was encoded with no longer applies
+            # (web.Response sets Content-Length from the new body).
+            self.headers.pop("Content-Encoding", None)
+            body = outcome
+        assert body is not None
         self.outcome.size = len(body)
         self.outcome.sha256 = hashlib.sha256(body).hexdigest()
         await self.finish()

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qiao import __version__, problems
+from qiao.agreements import api as agreements_api
+from qiao.agreements import emergency_api
 from qiao.catalog import api as catalog_api
 from qiao.config import HubSettings
 from qiao.db import make_engine, migrate, session_factory
@@ -67,11 +69,6 @@ class ResourceIn(BaseModel):
     org: str
     code: str
     name: str = ""
-    allowed_clients: list[str] = Field(default_factory=list)
-
-
-class ClientIn(BaseModel):
-    client: str
 
 
 class EnrollIn(BaseModel):
@@ -127,6 +124,9 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     auth.install(app, registry)
     identity_api.install(app, registry, settings)
     catalog_api.install(app, registry, settings)
+    agreements_api.install(app, registry, settings)
+    emergency_api.install(app, registry, settings)
+    _flag_emergency_accesses(ledger, registry)
     from qiao.ledger.views import ledger_router
 
     # The cosigned checkpoint, receipts and entries first: the tile router's /checkpoint is
@@ -136,7 +136,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     app.include_router(submissions_api(ledger))
 
     # Who may do what (docs/identity.md, "Roles"): the registry's structure is the platform
-    # administrator's; an organization's own apps, nodes and allow-lists are its
+    # administrator's; an organization's own apps and nodes are its
     # administrators', security officers' and stewards'; anyone signed in may read the list
     # of resources, which every department needs to find its partners.
     op: list[Any] = [Depends(require(Role.PLATFORM_ADMIN))]
@@ -149,12 +149,54 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "serial": registry.serial()}
 
-    @app.get("/api/v1/global-configuration", tags=["trust"])
-    def global_configuration(request: Request) -> Response:
-        """The signed global configuration every node fetches (cacheable by serial)."""
-        signed = registry.signed_global_conf()
+    @app.get(
+        "/api/v1/global-configuration",
+        tags=["trust"],
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "description": "Seconds to hold the answer while the serial is the one "
+                    "sent in If-None-Match (long polling)",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 55, "default": 0},
+                }
+            ]
+        },
+    )
+    async def global_configuration(request: Request) -> Response:
+        """The signed global configuration every node fetches (cacheable by serial).
+
+        Long polling: with ``?wait=N`` (0-55 s) and ``If-None-Match: "<serial>"`` the hub
+        holds the answer until the serial changes (200) or N seconds pass (304), so a change
+        reaches every node within a second without nodes polling hard. The wait re-reads the
+        serial from the database, which replicas share, and sleeps on the event loop: a
+        waiting node holds no worker thread."""
+        import time
+
+        import anyio
+        from starlette.concurrency import run_in_threadpool
+
+        raw = request.query_params.get("wait", "0")
+        try:
+            wait = int(raw)
+        except ValueError:
+            wait = -1
+        if not 0 <= wait <= 55:
+            # 55 s stays under the 60 s idle timeouts of common proxies and load balancers.
+            raise Problem(problems.VALIDATION, f"wait: a whole number of seconds 0-55, not {raw!r}")
+        held = request.headers.get("if-none-match")
+        if wait and held is not None:
+            deadline = time.monotonic() + wait
+            while f'"{await run_in_threadpool(registry.serial)}"' == held:
+                left = deadline - time.monotonic()
+                if left <= 0 or await request.is_disconnected():
+                    break  # time is up, or the node hung up: stop reading for it
+                await anyio.sleep(min(settings.configuration_poll_seconds, left))
+        signed = await run_in_threadpool(registry.signed_global_conf)
         etag = f'"{signed["document"]["serial"]}"'
-        if request.headers.get("if-none-match") == etag:
+        if held == etag:
             return Response(status_code=304, headers={"ETag": etag})
         return JSONResponse(signed, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
@@ -268,42 +310,42 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     @app.get("/api/v1/resources", tags=["registry"], dependencies=anyone)
     def resources() -> list[dict[str, Any]]:
         return [
-            {"org": r.org_code, "code": r.code, "name": r.name, "allowed_clients": allowed}
-            for r, allowed in registry.list_resources()
+            {"org": r.org_code, "code": r.code, "name": r.name} for r in registry.list_resources()
         ]
 
     stewards = Depends(require(Role.DATA_STEWARD, Role.ORG_ADMIN))
-    owners = Depends(require(Role.DATA_STEWARD, Role.ORG_ADMIN, Role.APPROVER))
 
     @app.post("/api/v1/resources", tags=["registry"], status_code=201)
     def add_resource(body: ResourceIn, who: Principal = stewards) -> dict[str, str]:
         need(who, Role.DATA_STEWARD, Role.ORG_ADMIN, org=body.org.upper())
         r = registry.add_resource(body.org, body.code, body.name)
-        for client in body.allowed_clients:
-            registry.allow(r.org_code, r.code, client)
         return {"org": r.org_code, "code": r.code}
 
-    @app.post(
-        "/api/v1/resources/{org}/{code}/clients",
-        tags=["registry"],
-        status_code=201,
-    )
-    def allow(org: str, code: str, body: ClientIn, who: Principal = owners) -> dict[str, str]:
-        need(who, Role.DATA_STEWARD, Role.ORG_ADMIN, Role.APPROVER, org=org.upper())
-        registry.allow(org, code, body.client)
-        return {"allowed": body.client}
-
-    @app.delete(
-        "/api/v1/resources/{org}/{code}/clients/{client:path}",
-        tags=["registry"],
-        status_code=204,
-    )
-    def disallow(org: str, code: str, client: str, who: Principal = owners) -> Response:
-        need(who, Role.DATA_STEWARD, Role.ORG_ADMIN, Role.APPROVER, org=org.upper())
-        registry.disallow(org, code, client)
-        return Response(status_code=204)
-
     return app
+
+
+def _flag_emergency_accesses(ledger: HubLedger, registry: RegistryService) -> None:
+    """Every exchange a node reports as admitted under an emergency goes on that emergency's
+    review list (docs/agreements.md, "Emergency mode")."""
+    from datetime import datetime
+
+    from qiao.agreements.emergencies import EmergencyService
+
+    emergencies = EmergencyService(registry)
+
+    def note(node: str, _org: str, record: dict[str, Any], index: int) -> None:
+        emergencies.note_access(
+            str(record["emergency"]),
+            exchange_id=str(record["exchange_id"]),
+            node=node,
+            ledger_index=index,
+            provider_org=str(record["provider_org"]),
+            resource=str(record["resource"]),
+            client=str(record["client"]),
+            at=datetime.fromisoformat(str(record["started_at"])),
+        )
+
+    ledger.exchanges.on_emergency_access = note
 
 
 def _install_problem_handlers(app: FastAPI) -> None:

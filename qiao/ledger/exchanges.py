@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +55,10 @@ ENTRY_FIELDS = (
     "request_hash",
     "response_hash",
 )
+# Fields an entry carries only when set: the agreement an exchange was admitted under and the
+# emergency, if any (docs/agreements.md). Optional so that nodes of an earlier release, whose
+# records lack them, can still submit.
+OPTIONAL_ENTRY_FIELDS = ("agreement", "emergency")
 
 
 class LedgerExchange(HubBase):
@@ -90,6 +95,9 @@ def record_for_ledger(row: Any) -> dict[str, Any]:
         elif isinstance(value, float):
             value = round(value, 3)
         out[name] = value
+    for name in OPTIONAL_ENTRY_FIELDS:
+        if row.get(name):
+            out[name] = str(row[name])
     return out
 
 
@@ -100,6 +108,9 @@ class ExchangeLedger:
         self.sessions = sessions
         self._store = store
         self.instance = instance
+        # Told of every exchange admitted under an emergency (the emergency service's review
+        # list); set by the hub.
+        self.on_emergency_access: Callable[[str, str, dict[str, Any], int], None] | None = None
 
     def _node_key(self, node: str, fingerprint: str) -> tuple[str, Any]:
         with self.sessions() as s:
@@ -144,11 +155,19 @@ class ExchangeLedger:
                     "record_id": int(rec["record_id"]),
                     **{k: rec[k] for k in ENTRY_FIELDS},
                 }
+                for k in OPTIONAL_ENTRY_FIELDS:
+                    if rec.get(k):
+                        entry[k] = str(rec[k])[:64]
             except (KeyError, TypeError, ValueError) as exc:
                 raise Problem(problems.VALIDATION, f"record lacks {exc}") from exc
             entries.append((f"exchange:{node}:{entry['record_id']}", canonical_json(entry)))
         indices: list[int] = self._store.append(entries)
         self._remember(node, records, indices)
+        if self.on_emergency_access is not None:
+            for rec, index in zip(records, indices, strict=True):
+                if rec.get("emergency"):
+                    # Every access under an emergency is flagged for review afterwards.
+                    self.on_emergency_access(node, org, rec, index)
         return indices
 
     def _remember(self, node: str, records: list[dict[str, Any]], indices: list[int]) -> None:

@@ -22,7 +22,7 @@ from qiao.config import NodeSettings
 from qiao.db import make_engine, migrate
 from qiao.exchange.consumer import ConsumerGateway
 from qiao.exchange.keys import ApiKeyService
-from qiao.exchange.provider import ProviderGateway
+from qiao.exchange.provider import ProviderGateway, load_pseudonym_secret
 from qiao.exchange.records import RecordWriter
 from qiao.exchange.relay import problem_response
 from qiao.globalconf import GlobalConf
@@ -66,7 +66,10 @@ class Node:
         writer = RecordWriter(engine)
         ssl_client = pki.client_context(identity.cert_file, identity.key_file, identity.ca_file)
         consumer = ConsumerGateway(settings, identity, conf, keys, writer, ssl_client)
-        provider = ProviderGateway(settings, identity, conf, writer)
+        # Created on the first start (qiao.exchange.provider.load_pseudonym_secret).
+        provider = ProviderGateway(
+            settings, identity, conf, writer, load_pseudonym_secret(settings.data_dir)
+        )
         node = cls(settings, identity, conf, keys, writer, consumer, provider)
         node.submitter = LedgerSubmitter(engine, identity, settings.hub_url)
         if (settings.data_dir / WITNESS_KEY_FILE).exists():
@@ -97,6 +100,14 @@ class Node:
             "records_written": self.writer.written,
             "record_commits": self.writer.commits,
         }
+        if self.conf.current is not None:
+            # An agreement that does not verify refuses every call under it: say so here,
+            # where the node's operator looks first.
+            policy = self.conf.current.policy
+            body["agreements"] = {
+                "verified": len(policy.agreements),
+                "invalid": [{"id": i.id, "reason": i.reason} for i in policy.invalid],
+            }
         if self.submitter is not None:
             body["ledger"] = {
                 "pending": self.submitter.pending(),
@@ -168,7 +179,13 @@ class Node:
             self.runners.append(runner)
         self.tasks.append(
             asyncio.create_task(
-                fetch_loop(self.conf, s.hub_url, s.config_refresh_seconds, self.hub_session)
+                fetch_loop(
+                    self.conf,
+                    s.hub_url,
+                    s.config_refresh_seconds,
+                    self.hub_session,
+                    wait=s.config_wait_seconds,
+                )
             )
         )
         if self.submitter is not None:

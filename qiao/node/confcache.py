@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -159,31 +160,73 @@ def _ago(ts: float | None) -> str:
     return "never" if ts is None else f"at {_iso(ts)}"
 
 
+class Fetched(StrEnum):
+    """How one fetch of the configuration went."""
+
+    CHANGED = "changed"  # a configuration with a new serial was adopted
+    UNCHANGED = "unchanged"  # 304, or the same serial again
+    FAILED = "failed"  # unreachable, an error status, or a configuration refused
+
+
 async def fetch_loop(
-    cache: ConfigurationCache, hub_url: str, interval: float, session: aiohttp.ClientSession
+    cache: ConfigurationCache,
+    hub_url: str,
+    interval: float,
+    session: aiohttp.ClientSession,
+    *,
+    wait: float = 25.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Fetch the configuration every ``interval`` seconds until cancelled."""
+    """Keep the configuration current until cancelled.
+
+    With ``wait`` > 0 each fetch is a long poll: the hub answers as soon as the serial
+    changes, or with 304 after ``wait`` seconds, and the loop asks again at once, so a
+    change reaches the node within a second or so. A hub that does not know ``wait``
+    answers 304 at once; the loop notices the early answer and falls back to fetching every
+    ``interval`` seconds. After a failure it waits 1 s, doubling up to ``interval``, so a
+    hub coming back is not met by every node at once while an outage costs little delay;
+    the grace period runs on meanwhile (``ConfigurationCache.remaining``)."""
     url = f"{hub_url}/api/v1/global-configuration"
+    backoff = 1.0
     while True:
-        await fetch_once(cache, url, session)
-        await asyncio.sleep(interval)
+        started = clock()
+        outcome = await fetch_once(cache, url, session, wait=wait)
+        if outcome is Fetched.FAILED:
+            await sleep(min(backoff, interval))
+            backoff = min(backoff * 2, interval)
+            continue
+        backoff = 1.0
+        if outcome is Fetched.CHANGED:
+            continue  # ask at once for the change after this one
+        if wait <= 0 or clock() - started < wait / 2:
+            await sleep(interval)  # plain polling, or a hub that ignored ``wait``
 
 
-async def fetch_once(cache: ConfigurationCache, url: str, session: aiohttp.ClientSession) -> None:
-    headers = {"If-None-Match": f'"{cache.current.serial}"'} if cache.current else {}
+async def fetch_once(
+    cache: ConfigurationCache, url: str, session: aiohttp.ClientSession, *, wait: float = 0
+) -> Fetched:
+    """Fetch the configuration once; with ``wait``, let the hub hold the answer that long
+    while the serial is the one this node holds."""
+    held = cache.current.serial if cache.current else None
+    headers = {"If-None-Match": f'"{held}"'} if held is not None else {}
+    params = {"wait": str(int(wait))} if wait >= 1 and held is not None else {}
+    # The hub holds a long poll for up to ``wait`` seconds; allow that plus the usual 10 s.
+    timeout = aiohttp.ClientTimeout(total=10 + (int(wait) if params else 0))
     try:
-        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
+        async with session.get(url, headers=headers, params=params, timeout=timeout) as r:
             if r.status == 304:
                 cache.reached()
-                return
+                return Fetched.UNCHANGED
             if r.status != 200:
                 cache.last_error = f"hub answered {r.status} for the configuration"
-                return
+                return Fetched.FAILED
             envelope = await r.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         cache.last_error = f"hub unreachable: {exc.__class__.__name__}: {exc}"
-        return
+        return Fetched.FAILED
     try:
-        cache.accept(envelope)
+        conf = cache.accept(envelope)
     except ValueError:
-        return
+        return Fetched.FAILED
+    return Fetched.UNCHANGED if conf.serial == held else Fetched.CHANGED

@@ -96,22 +96,6 @@ class Resource(HubBase):
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    allowed: Mapped[list[ResourceClient]] = relationship(
-        cascade="all, delete-orphan", order_by="ResourceClient.client"
-    )
-
-
-class ResourceClient(HubBase):
-    """Allow-list entry: a client (``{instance}/{org}/{app}``, or ``{instance}/{org}`` for
-    every app of an organization) that may call a resource. Agreements replace this."""
-
-    __tablename__ = "resource_clients"
-    __table_args__ = (UniqueConstraint("resource_id", "client"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    resource_id: Mapped[int] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
-    client: Mapped[str] = mapped_column(String(200))
-
 
 class OperatorToken(HubBase):
     """A bearer token for the hub's API (stored as a SHA-256 hash).

@@ -46,7 +46,6 @@ from qiao.registry.models import (
     Organization,
     RegistryRevision,
     Resource,
-    ResourceClient,
 )
 
 # Who is acting, for the record of administrative actions: the hub's API sets the operator
@@ -102,6 +101,8 @@ class HubKeys:
     ca_cert: x509.Certificate
     conf_key: Ed25519PrivateKey
     log_signer: note.Signer
+    # Where the key files live; other domains keep their own key files beside them.
+    data_dir: Path | None = None
 
     @classmethod
     def load_or_create(cls, data_dir: Path, instance: str, log_origin: str = "") -> HubKeys:
@@ -123,6 +124,7 @@ class HubKeys:
             ca_cert=pki.load_cert_pem(ca_file.read_bytes()),
             conf_key=signing.load_signing_key_pem(conf_file.read_bytes()),
             log_signer=note.Signer.from_text(log_file.read_text().strip()),
+            data_dir=data_dir,
         )
 
     @property
@@ -228,31 +230,9 @@ class RegistryService:
             raise Problem(problems.NOT_FOUND, f"no resource {org_code}/{code}")
         return res
 
-    def allow(self, org_code: str, code: str, client: str) -> None:
-        """Let ``client`` (``{instance}/{org}/{app}`` or ``{instance}/{org}``) use a resource."""
-        parts = client.split("/")
-        if len(parts) not in (2, 3) or parts[0] != self.instance:
-            raise Problem(
-                problems.VALIDATION,
-                f"client {client!r} must be {self.instance}/{{org}}[/{{app}}]",
-            )
-        with self._sessions.begin() as s:
-            self._org(s, parts[1])
-            res = self._resource(s, org_code, code)
-            if client not in {c.client for c in res.allowed}:
-                res.allowed.append(ResourceClient(client=client))
-                self._bump(s, "resource.allow", org=res.org_code, resource=code, client=client)
-
-    def disallow(self, org_code: str, code: str, client: str) -> None:
-        with self._sessions.begin() as s:
-            res = self._resource(s, org_code, code)
-            res.allowed = [c for c in res.allowed if c.client != client]
-            self._bump(s, "resource.disallow", org=res.org_code, resource=code, client=client)
-
-    def list_resources(self) -> list[tuple[Resource, list[str]]]:
+    def list_resources(self) -> list[Resource]:
         with self._sessions() as s:
-            rows = s.scalars(select(Resource).order_by(Resource.org_code, Resource.code))
-            return [(r, [c.client for c in r.allowed]) for r in rows]
+            return list(s.scalars(select(Resource).order_by(Resource.org_code, Resource.code)))
 
     # --- enrollment and certificates -----------------------------------------------------
     def create_enrollment_token(self, org_code: str) -> tuple[str, datetime]:
@@ -460,8 +440,9 @@ class RegistryService:
             nodes = list(s.scalars(select(Node).order_by(Node.name)))
             certs = list(s.scalars(select(Certificate).order_by(Certificate.serial)))
             resources = list(s.scalars(select(Resource).order_by(Resource.org_code, Resource.code)))
-            allowed = {r.id: [c.client for c in r.allowed] for r in resources}
         catalogued = self._catalog_entries()
+        sharing = self._agreement_sections()
+        agreement_keys: dict[str, str] = sharing["agreement_keys"]
         apps_by_org: dict[str, list[str]] = {}
         for a in apps:
             apps_by_org.setdefault(a.org_code, []).append(a.code)
@@ -479,6 +460,8 @@ class RegistryService:
                     "name_en": o.name_en,
                     "kind": o.kind,
                     "apps": apps_by_org.get(o.code, []),
+                    # The organization's Ed25519 key for signing agreements (qiao.agreements).
+                    "agreement_key": agreement_keys.get(o.code, ""),
                 }
                 for o in orgs
             ],
@@ -522,12 +505,22 @@ class RegistryService:
                     "org": r.org_code,
                     "code": r.code,
                     "name": r.name,
-                    "allowed_clients": allowed[r.id],
                     **catalogued.get((r.org_code, r.code), {}),
                 }
                 for r in resources
             ],
+            # Signed agreements with their state, and declared emergencies (docs/agreements.md).
+            "agreements": sharing["agreements"],
+            "emergencies": sharing["emergencies"],
         }
+
+    def _agreement_sections(self) -> dict[str, Any]:
+        from qiao.agreements.emergencies import EmergencyService
+        from qiao.agreements.service import AgreementService
+
+        sections = AgreementService(self).for_configuration()
+        sections["emergencies"] = EmergencyService(self).for_configuration()
+        return sections
 
     def _catalog_entries(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Each catalogued resource's published version, status and the JSON Schemas derived
@@ -544,6 +537,10 @@ class RegistryService:
                 "version": spec.version,
                 "status": spec.status.value,
                 "schemas": derive_schemas(spec, elements, code_lists) if derive_schemas else None,
+                # The record's field names: what agreements project and nodes police.
+                "fields": [item.field for item in spec.items],
+                "records_at": spec.records_at,
+                "sharing_type": spec.sharing_type.value,
             }
             for key, spec in specs.items()
         }

@@ -36,7 +36,7 @@ def test_publish_versions_and_stays_immutable(
     assert registry.serial() > serial
     assert first.sha256 == hashlib.sha256(first.document).hexdigest()
     # The registry's exchange-level row exists, named like the resource.
-    assert [(r.org_code, r.code, r.name) for r, _ in registry.list_resources()] == [
+    assert [(r.org_code, r.code, r.name) for r in registry.list_resources()] == [
         (A, "traffic-violations", "机动车交通违法记录")
     ]
     # The same spec again is a no-op.

@@ -23,13 +23,20 @@ def test_demo_check_passes(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=180,
+        # Wide enough that the summary table does not wrap the names checked below.
+        env={**os.environ, "COLUMNS": "250"},
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo check: passed" in r.stderr
     for expected in [
         "vehicle violations",
+        "agreement masking: location to the district",
         "enterprise credit",
-        "not allowed",
+        "violations (no agreement)",
+        "violations (request refused)",
+        "epidemic statistics before the emergency",
+        "emergency declared by two administrators",
+        "emergency access flagged for review",
         "both nodes recorded",
     ]:
         assert expected in r.stderr

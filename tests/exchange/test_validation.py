@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from qiao.exchange.records import RecordWriter, recent_records
 from qiao.globalconf import KIND, GlobalConf
 from qiao.node.confcache import ConfigurationCache
 from qiao.node.identity import NodeIdentity
+from tests.agreements.test_policy import KEYS, agreement, public_text, published
 from tests.catalog.violations import (
     CIVIL_ID,
     PROVIDER,
@@ -42,6 +43,7 @@ from tests.catalog.violations import (
 INSTANCE = "test"
 CONSUMER = "91110000802100433B"
 APP = f"{INSTANCE}/{CONSUMER}/inspector"
+PURPOSE = "traffic-enforcement"
 LIMIT = 256 * 1024 + 100_000  # over the small-body threshold, to exercise the bounded read
 
 
@@ -113,6 +115,8 @@ class Pair:
     consumer_engine: Engine
     provider_engine: Engine
     session: aiohttp.ClientSession
+    # Replace the provider's gateway by a fresh one on the same store (a node restart).
+    restart_provider: Callable[[], Awaitable[None]] | None = None
 
     async def call(
         self,
@@ -122,7 +126,12 @@ class Pair:
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        h = {p.H_CLIENT: APP, "Authorization": f"Bearer {self.key}", **(headers or {})}
+        h = {
+            p.H_CLIENT: APP,
+            "Authorization": f"Bearer {self.key}",
+            p.H_PURPOSE: PURPOSE,
+            **(headers or {}),
+        }
         method = "POST" if data is not None else "GET"
         async with self.session.request(
             method, f"{self.url}/r1/{PROVIDER}/{resource}/{path}", data=data, headers=h
@@ -166,11 +175,44 @@ async def pair(tmp_path: Path, db_url: str) -> AsyncIterator[Pair]:
         yield running
 
 
+def open_agreements(*resources: str, **terms: Any) -> list[dict[str, Any]]:
+    """Signed agreements of the consumer on each resource, in force around now: every field,
+    no masking, the purpose PURPOSE (``terms`` change the document)."""
+    now = datetime.now(UTC)
+    return [
+        published(
+            agreement(
+                **{
+                    "id": f"agr-{code.replace('-', '')[:30]}",
+                    "resource": {"code": code, "version": 0, "sharing_type": "conditional"},
+                    "operations": {"methods": ["GET", "POST"], "paths": ["**"]},
+                    "fields": None,
+                    "masking": {},
+                    "purposes": [PURPOSE],
+                    "valid_from": (now - timedelta(days=1)).isoformat(),
+                    "valid_until": (now + timedelta(days=1)).isoformat(),
+                    "issued_at": (now - timedelta(days=1)).isoformat(),
+                    **terms,
+                }
+            )
+        )
+        for code in resources
+    ]
+
+
 @contextlib.asynccontextmanager
 async def node_pair(
-    tmp_path: Path, db_url: str, backend_app: web.Application | None = None
+    tmp_path: Path,
+    db_url: str,
+    backend_app: web.Application | None = None,
+    *,
+    agreements: list[dict[str, Any]] | None = None,
+    consumer_agreements: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[Pair]:
-    """A consumer and a provider node in this process (also used by bench/validation.py)."""
+    """A consumer and a provider node in this process (also used by bench/validation.py).
+    Both nodes get the same signed configuration, with ``agreements`` (published form;
+    default: open agreements on both resources) unless ``consumer_agreements`` gives the
+    consumer's node others (to see the provider decide on its own)."""
     ca_key, ca = pki.create_ca("test CA")
     (tmp_path / "ca.pem").write_bytes(pki.cert_to_pem(ca))
     c_cert, c_key, c_fp = _cert(ca_key, ca, tmp_path, "consumer-node", CONSUMER)
@@ -189,14 +231,25 @@ async def node_pair(
     )
     spec, elements, code_lists = violation_catalog()
     schemas = derive_schemas(spec, elements, code_lists)
-    allowed = [f"{INSTANCE}/{CONSUMER}"]
+    if agreements is None:
+        agreements = open_agreements(spec.code, "plain")
     doc = {
         "instance": INSTANCE,
         "serial": 1,
         "issued_at": datetime.now(UTC).isoformat(),
         "organizations": [
-            {"code": PROVIDER, "name": "公安局", "apps": []},
-            {"code": CONSUMER, "name": "执法局", "apps": ["inspector"]},
+            {
+                "code": PROVIDER,
+                "name": "公安局",
+                "apps": [],
+                "agreement_key": public_text(KEYS[PROVIDER]),
+            },
+            {
+                "code": CONSUMER,
+                "name": "执法局",
+                "apps": ["inspector"],
+                "agreement_key": public_text(KEYS[CONSUMER]),
+            },
         ],
         "revoked": [],
         "nodes": [
@@ -218,17 +271,31 @@ async def node_pair(
                 "org": PROVIDER,
                 "code": spec.code,
                 "name": spec.name,
-                "allowed_clients": allowed,
                 "version": 3,
                 "schemas": schemas,
+                "fields": [item.field for item in spec.items],
+                "records_at": spec.records_at,
+                "sharing_type": spec.sharing_type.value,
             },
             # As published before the catalog: no version, no schemas.
-            {"org": PROVIDER, "code": "plain", "name": "plain", "allowed_clients": allowed},
+            {"org": PROVIDER, "code": "plain", "name": "plain"},
         ],
         "ca_certificates": [pki.cert_to_pem(ca).decode()],
+        "agreements": agreements,
+        "emergencies": [],
     }
     signer = signing.generate_signing_key()
-    envelope = signing.sign_document(signer, doc, kind=KIND)
+    envelopes = {
+        PROVIDER: signing.sign_document(signer, doc, kind=KIND),
+        CONSUMER: signing.sign_document(
+            signer,
+            {
+                **doc,
+                "agreements": agreements if consumer_agreements is None else consumer_agreements,
+            },
+            kind=KIND,
+        ),
+    }
     public = signing.public_key_to_text(signer.public_key())
     engines: list[Engine] = []
     gateways: list[Any] = []
@@ -255,13 +322,14 @@ async def node_pair(
         conf = ConfigurationCache(
             data_dir, public_key=public, instance=INSTANCE, grace_seconds=3600
         )
-        conf.accept(envelope)
+        conf.accept(envelopes[org])
         writer = RecordWriter(engines[-1])
         if org == PROVIDER:
             provider = ProviderGateway(settings, identity, conf, writer)
             await provider.start()
             handlers["provider"] = provider.handle
             gateways.append((provider, writer))
+            provider_parts = (settings, identity, data_dir)
         else:
             keys = ApiKeyService(engines[-1])
             key = keys.create(APP).secret
@@ -273,9 +341,28 @@ async def node_pair(
             runner, port = await _serve(app)
             runners.append(runner)
             gateways.append((consumer, writer))
+
+    async def restart_provider() -> None:
+        """Stop the provider's gateway and start a new one from its data directory and store,
+        as a node restart would (the new one counts from the records)."""
+        old, old_writer = gateways[0]
+        await old.close()
+        old_writer.close()
+        settings, identity, data_dir = provider_parts
+        conf = ConfigurationCache(
+            data_dir, public_key=public, instance=INSTANCE, grace_seconds=3600
+        )
+        writer = RecordWriter(engines[0])
+        provider = ProviderGateway(settings, identity, conf, writer)
+        await provider.start()
+        handlers["provider"] = provider.handle
+        gateways[0] = (provider, writer)
+
     try:
         async with aiohttp.ClientSession() as session:
-            yield Pair(f"http://127.0.0.1:{port}", key, engines[1], engines[0], session)
+            yield Pair(
+                f"http://127.0.0.1:{port}", key, engines[1], engines[0], session, restart_provider
+            )
     finally:
         for runner in runners:
             await runner.cleanup()
@@ -360,7 +447,7 @@ async def test_answers_that_cannot_be_checked_are_refused(
 async def test_compressed_and_large_valid_answers_pass(pair: Pair) -> None:
     async with pair.session.get(
         f"{pair.url}/r1/{PROVIDER}/vehicle-violations/gzip",
-        headers={p.H_CLIENT: APP, "Authorization": f"Bearer {pair.key}"},
+        headers={p.H_CLIENT: APP, "Authorization": f"Bearer {pair.key}", p.H_PURPOSE: PURPOSE},
         auto_decompress=False,
     ) as r:
         assert r.status == 200 and r.headers["Content-Encoding"] == "gzip"
@@ -432,7 +519,7 @@ def _conf_doc(resources: list[dict[str, Any]], serial: int = 1) -> dict[str, Any
 def test_configurations_compile_schemas_once_and_refuse_broken_ones() -> None:
     spec, elements, code_lists = violation_catalog()
     schemas = derive_schemas(spec, elements, code_lists)
-    entry = {"org": PROVIDER, "code": spec.code, "allowed_clients": [], "version": 3}
+    entry = {"org": PROVIDER, "code": spec.code, "version": 3}
     first = GlobalConf.compile(_conf_doc([{**entry, "schemas": schemas}]))
     # A new configuration (another serial) with the same schemas reuses the compiled ones.
     second = GlobalConf.compile(
@@ -442,7 +529,7 @@ def test_configurations_compile_schemas_once_and_refuse_broken_ones() -> None:
     assert a.version == 3 and a.response_schema is not None and a.request_schema is not None
     assert b.response_schema is a.response_schema and b.request_schema is a.request_schema
     # Documents from before the catalog: no version, no schemas, nothing validated.
-    old = GlobalConf.compile(_conf_doc([{"org": PROVIDER, "code": "x", "allowed_clients": []}]))
+    old = GlobalConf.compile(_conf_doc([{"org": PROVIDER, "code": "x"}]))
     assert old.resources[(PROVIDER, "x")].version == 0
     assert old.resources[(PROVIDER, "x")].response_schema is None
     broken = {"response": {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": 7}}

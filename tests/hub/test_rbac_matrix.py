@@ -87,12 +87,6 @@ TABLE: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/resources"): roles(
         R.DATA_STEWARD, R.ORG_ADMIN, body={"org": A, "code": "res-x"}
     ),
-    ("POST", "/api/v1/resources/{org}/{code}/clients"): roles(
-        R.DATA_STEWARD, R.ORG_ADMIN, R.APPROVER, body={"client": f"CN-T/{B}/app-b"}
-    ),
-    ("DELETE", "/api/v1/resources/{org}/{code}/clients/{client:path}"): roles(
-        R.DATA_STEWARD, R.ORG_ADMIN, R.APPROVER
-    ),
     # the ledger: public verification (C2SP tiles, checkpoints, receipts); nodes submit
     # signed batches (the node's signature is the credential)
     ("GET", "/ledger/checkpoint"): PUBLIC,
@@ -168,6 +162,90 @@ TABLE: dict[tuple[str, str], Access] = {
     # The workbook import needs a steward or administrator at the door, and checks each
     # row's organization inside (one transaction; any refusal refuses all).
     ("POST", "/api/v1/catalog/import"): roles(R.DATA_STEWARD, R.ORG_ADMIN, scoped=False),
+    # sharing requests and agreements (docs/agreements.md): the consumer's org-admins, app
+    # developers, stewards and approvers apply and subscribe; the provider's approvers and
+    # org-admins decide, suspend, resume, renew (and revoke, as may the consumer's org-admin);
+    # the parties' users read their own. Which organization a request or an agreement belongs
+    # to is checked once it is loaded (tests/agreements/test_api.py), so these rows check the
+    # role at the door.
+    ("POST", "/api/v1/resources/{org}/{code}/subscribe"): roles(
+        R.ORG_ADMIN,
+        R.APP_DEVELOPER,
+        R.DATA_STEWARD,
+        R.APPROVER,
+        scoped=False,
+        body={"purposes": ["road-safety"]},
+    ),
+    ("POST", "/api/v1/requests"): roles(
+        R.ORG_ADMIN,
+        R.APP_DEVELOPER,
+        R.DATA_STEWARD,
+        R.APPROVER,
+        scoped=False,
+        body={
+            "provider": A,
+            "resource": "res-a",
+            "purposes": ["licensing"],
+            "purpose_text": "行政审批核查",
+            "legal_basis": "《行政许可法》第三十一条",
+        },
+    ),
+    ("GET", "/api/v1/requests"): roles(
+        R.ORG_ADMIN, R.APP_DEVELOPER, R.DATA_STEWARD, R.APPROVER, R.AUDITOR, scoped=False
+    ),
+    ("GET", "/api/v1/requests/{request_id}"): roles(
+        R.ORG_ADMIN, R.APP_DEVELOPER, R.DATA_STEWARD, R.APPROVER, R.AUDITOR, scoped=False
+    ),
+    ("POST", "/api/v1/requests/{request_id}/approve"): roles(
+        R.APPROVER, R.ORG_ADMIN, scoped=False, body={}
+    ),
+    ("POST", "/api/v1/requests/{request_id}/refuse"): roles(
+        R.APPROVER, R.ORG_ADMIN, scoped=False, body={"reason": "不符合共享条件"}
+    ),
+    ("POST", "/api/v1/requests/{request_id}/withdraw"): roles(
+        R.ORG_ADMIN, R.APP_DEVELOPER, R.DATA_STEWARD, R.APPROVER, scoped=False
+    ),
+    ("GET", "/api/v1/agreements"): CALLER,
+    ("GET", "/api/v1/agreements/{agreement_id}"): CALLER,
+    ("GET", "/api/v1/agreements/{agreement_id}/document"): CALLER,
+    ("GET", "/api/v1/agreements/{agreement_id}/odrl"): CALLER,
+    ("POST", "/api/v1/agreements/{agreement_id}/suspend"): roles(
+        R.APPROVER, R.ORG_ADMIN, scoped=False, body={"reason": "核查期间暂停"}
+    ),
+    ("POST", "/api/v1/agreements/{agreement_id}/resume"): roles(
+        R.APPROVER, R.ORG_ADMIN, scoped=False, body={}
+    ),
+    ("POST", "/api/v1/agreements/{agreement_id}/revoke"): roles(
+        R.APPROVER, R.ORG_ADMIN, scoped=False, body={"reason": "合作终止"}
+    ),
+    ("POST", "/api/v1/agreements/{agreement_id}/renew"): roles(
+        R.APPROVER, R.ORG_ADMIN, scoped=False, body={"valid_days": 30}
+    ),
+    ("POST", "/api/v1/agreements/emergency"): roles(
+        R.PLATFORM_ADMIN,
+        scoped=False,
+        body={"provider": A, "resource": "res-a", "consumer": B, "purposes": ["epidemic"]},
+    ),
+    # emergency mode (应急): platform administrators declare, confirm (another one) and end;
+    # security officers and auditors of every organization read (the service shows each
+    # only its own organization's accesses); auditors review the accesses afterwards.
+    ("POST", "/api/v1/emergencies"): roles(
+        R.PLATFORM_ADMIN, scoped=False, body={"reason": "应急演练", "hours": 1}
+    ),
+    ("POST", "/api/v1/emergencies/{emergency_id}/confirm"): PLATFORM,
+    ("POST", "/api/v1/emergencies/{emergency_id}/end"): roles(
+        R.PLATFORM_ADMIN, scoped=False, body={"reason": "演练结束"}
+    ),
+    ("GET", "/api/v1/emergencies"): roles(R.SECURITY_OFFICER, R.AUDITOR, scoped=False),
+    ("GET", "/api/v1/emergencies/{emergency_id}"): roles(
+        R.SECURITY_OFFICER, R.AUDITOR, scoped=False
+    ),
+    ("GET", "/api/v1/emergencies/{emergency_id}/accesses"): roles(
+        R.SECURITY_OFFICER, R.AUDITOR, scoped=False
+    ),
+    ("POST", "/api/v1/emergencies/{emergency_id}/accesses/review"): roles(
+        R.AUDITOR, scoped=False, body={"exchange_id": "x-1", "node": "a-node", "note": "合规"}
+    ),
 }
 
 
@@ -204,6 +282,9 @@ PARAMS = {
     "idp": "no-such-idp",
     "client_id": "qc_no_such_client",
     "identifier": "DE0001",
+    "request_id": "req-nosuchrequest",
+    "agreement_id": "agr-nosuchagreement0",
+    "emergency_id": "em-aaaaaaaaaaaa",
 }
 
 REFUSALS = {
@@ -300,7 +381,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Any:
     registry.add_organization(B, "乙局")
     registry.add_app(B, "app-b")
     registry.add_resource(A, "res-a")
-    registry.allow(A, "res-a", f"CN-T/{B}/app-b")
     token, _ = registry.create_enrollment_token(A)
     key = pki.generate_private_key()
     csr = pki.csr_to_pem(pki.create_csr(key, "a-node", A)).decode()

@@ -183,11 +183,42 @@ class City:
         return {
             "X-Qiao-Client": self.dep.client(dept, app),
             "Authorization": f"Bearer {node.api_keys[app]}",
+            # The purpose the agreements on the lab resources allow (see ``_agree``), unless
+            # a test sends another; the demo's own resources expect their own purposes.
+            "X-Qiao-Purpose": LAB_PURPOSE,
             **extra,
         }
 
     def url(self, consumer: str, provider: str, resource: str, rest: str = "") -> str:
         return f"{self.dep.nodes[consumer].url}/r1/{self.dep.codes[provider]}/{resource}{rest}"
+
+
+LAB_PURPOSE = "integration-test"
+
+
+def _agree(
+    reg: Any, codes: dict[str, str], consumer: str, code: str, apps: tuple[str, ...] = ()
+) -> None:
+    """The consumer applies for a lab resource of public security, whose approver approves
+    it: every method and path, the purposes the tests send."""
+    from qiao.agreements.service import AgreementService, Application
+    from qiao.demo.sharing import person
+    from qiao.identity.roles import Role
+
+    svc = AgreementService(reg)
+    request = svc.apply(
+        person(codes, consumer, Role.APP_DEVELOPER),
+        codes["police"],
+        code,
+        Application(
+            purposes=(LAB_PURPOSE, "enforcement", "audit-test"),
+            purpose_text="集成测试",
+            legal_basis="测试用途",
+            methods=("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"),
+            apps=apps,
+        ),
+    )
+    svc.approve(person(codes, "police", Role.APPROVER), request.id)
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgres"])
@@ -227,12 +258,14 @@ def city(
             "max_body_bytes": MAX_BODY,
             "config_refresh_seconds": 0.5,
             "config_grace_seconds": 6.0,
+            # Short long-polls, so that taking the hub proxy "down" is felt within a second.
+            "config_wait_seconds": 1.0,
         }
         police = dep.codes["police"]
         for code in ("echo", "slow", "big", "down"):
             reg.add_resource(police, code)
-            reg.allow(police, code, dep.client("transport", "traffic-enforcement"))
-        reg.allow(police, "echo", f"{dep.instance}/{dep.codes['health']}")
+            _agree(reg, dep.codes, "transport", code, apps=("traffic-enforcement",))
+        _agree(reg, dep.codes, "health", "echo")
         dep.start_nodes(reg)
         yield City(dep, proxy, loop, reg, db, demo)
     finally:

@@ -58,10 +58,19 @@ def test_violations_lookup_end_to_end(city: City) -> None:
     r = httpx.get(
         city.url(*T[:1], "police", "vehicle-violations"),
         params={"plate": plate},
-        headers=city.headers(*T, **{"X-Qiao-Purpose": "enforcement", "X-Qiao-User": "officer-1"}),
+        headers=city.headers(
+            *T, **{"X-Qiao-Purpose": "traffic-enforcement", "X-Qiao-User": "officer-1"}
+        ),
     )
     assert r.status_code == 200, r.text
-    assert r.json()["plate"] == plate and r.json()["violations"]
+    assert r.json()["violations"]
+    # The agreement the police approver narrowed: the record number withheld, the location
+    # generalized to the district, the plate masked (a personal data element) — in the
+    # records and where the answer's envelope repeats it.
+    for v in [*r.json()["violations"], {"plate": r.json()["plate"], "location": "…区****"}]:
+        assert "record_id" not in v and v["location"].endswith("****")
+        assert v["plate"] != plate and v["plate"][:2] == plate[:2]
+    assert plate.encode() not in r.content
     xid = r.headers["x-qiao-id"]
     (consumer,) = records(city, "transport", xid)
     (provider,) = records(city, "police", xid)
@@ -73,8 +82,9 @@ def test_violations_lookup_end_to_end(city: City) -> None:
         == hashlib.sha256(r.content).hexdigest()
     )
     for rec in (consumer, provider):
-        assert rec["status"] == 200 and rec["purpose"] == "enforcement"
+        assert rec["status"] == 200 and rec["purpose"] == "traffic-enforcement"
         assert rec["end_user"] == "officer-1" and rec["resource"] == "vehicle-violations"
+        assert rec["agreement"] == city.dep.sharing.agreements["violations"]
         assert rec["client"] == city.dep.client(*T)
     assert consumer["peer_node"] == "police-node" and provider["peer_node"] == "transport-node"
 
@@ -162,13 +172,13 @@ def test_unknown_provider_and_resource(city: City) -> None:
     problem(httpx.get(f"{node}/elsewhere", headers=h), 400, "urn:qiao:problem:client:bad-path")
 
 
-def test_not_allowed_is_refused_by_the_consumer_node(city: City) -> None:
+def test_no_agreement_is_refused_by_the_consumer_node(city: City) -> None:
     h = city.headers("bank", "credit-check")
     r = httpx.get(
         city.url("bank", "police", "vehicle-violations"), params={"plate": "x"}, headers=h
     )
-    body = problem(r, 403, "urn:qiao:problem:client:not-allowed")
-    assert "credit-check" in body["detail"]
+    body = problem(r, 403, "urn:qiao:problem:client:no-agreement")
+    assert city.dep.codes["bank"] in body["detail"]
     # Refused early: the provider never saw it.
     assert records(city, "bank", r.headers["x-qiao-id"])
     assert not records(city, "police", r.headers["x-qiao-id"])
@@ -310,20 +320,27 @@ def test_provider_refuses_certificates_not_in_the_configuration(city: City, tmp_
     )
     body = problem(r, 403, "urn:qiao:problem:provider:certificate-mismatch")
     assert "transport-node" in body["detail"]
-    # The provider node is authoritative: it re-checks the allow-list itself.
+    # The provider node is authoritative: it re-checks the agreements itself.
     r = httpx.get(
         _peer_url(city, "police", "vehicle-violations"),
         verify=ctx,
-        headers={"X-Qiao-Client": city.dep.client(*T)},
+        headers={"X-Qiao-Client": city.dep.client(*T), "X-Qiao-Purpose": "traffic-enforcement"},
         params={"plate": "x"},
     )
     assert r.status_code == 200
     r = httpx.get(
+        _peer_url(city, "police", "vehicle-violations"),
+        verify=ctx,
+        headers={"X-Qiao-Client": city.dep.client(*T), "X-Qiao-Purpose": "marketing"},
+        params={"plate": "x"},
+    )
+    problem(r, 403, "urn:qiao:problem:client:purpose-not-allowed")
+    r = httpx.get(
         _peer_url(city, "police", "identity-verification"),
         verify=ctx,
-        headers={"X-Qiao-Client": city.dep.client(*T)},
+        headers={"X-Qiao-Client": city.dep.client(*T), "X-Qiao-Purpose": "traffic-enforcement"},
     )
-    problem(r, 403, "urn:qiao:problem:provider:not-allowed")
+    problem(r, 403, "urn:qiao:problem:client:no-agreement")
 
 
 def test_revoked_certificate_is_refused(city: City) -> None:

@@ -129,6 +129,8 @@ def test_unsigned_or_foreign_submissions_are_refused(city: City) -> None:
 
 
 def test_administrative_actions_are_on_the_ledger(city: City) -> None:
+    hashes: dict[str, str] = {}  # agreement id -> the SHA-256 its ledger entry records
+
     def actions() -> dict[str, set[str]]:
         size = httpx.get(f"{city.dep.hub_url}/ledger/status").json()["size"]
         found: dict[str, set[str]] = {}
@@ -136,6 +138,8 @@ def test_administrative_actions_are_on_the_ledger(city: City) -> None:
             e = json.loads(httpx.get(f"{city.dep.hub_url}/ledger/entries/{index}").content)
             if e["type"] == "admin":
                 found.setdefault(e["action"], set()).add(e["actor"])
+                if e["action"].startswith("agreement.") and "sha256" in e["detail"]:
+                    hashes[e["detail"]["agreement"]] = e["detail"]["sha256"]
         return found
 
     found = wait_for(lambda: (a := actions()).get("node.enroll") and a)
@@ -143,11 +147,21 @@ def test_administrative_actions_are_on_the_ledger(city: City) -> None:
         "organization.add",
         "app.add",
         "resource.add",
-        "resource.allow",
+        "request.submit",
+        "request.approve",
+        "agreement.create",
+        "agreement.subscribe",
         "enrollment-token.create",
         "node.enroll",
     } <= set(found)
     assert all(actor.startswith("enrollment:") for actor in found["node.enroll"])
+    # Each agreement's hash is on the ledger: the one the nodes verify and enforce.
+    from qiao.agreements.service import AgreementService
+    from qiao.identity.roles import CLI
+
+    agreement_id = city.dep.sharing.agreements["violations"]
+    stored = AgreementService(city.registry).get(CLI, agreement_id)
+    assert hashes[agreement_id] == stored.sha256
     assert all(actor.startswith("cli:") for actor in found["organization.add"])
 
 

@@ -42,7 +42,11 @@ def _call(dep: Deployment) -> httpx.Response:
     return httpx.get(
         f"{node.url}/r1/{dep.codes['police']}/vehicle-violations",
         params={"plate": "粤B00000"},
-        headers={"X-Qiao-Client": dep.client(*T), "Authorization": f"Bearer {node.api_keys[T[1]]}"},
+        headers={
+            "X-Qiao-Client": dep.client(*T),
+            "Authorization": f"Bearer {node.api_keys[T[1]]}",
+            "X-Qiao-Purpose": "traffic-enforcement",
+        },
         timeout=10,
     )
 

@@ -56,6 +56,7 @@ def call(city: City, bearer: str, resource: str = "echo", **headers: str) -> htt
         headers={
             "X-Qiao-Client": city.dep.client(*T),
             "Authorization": f"Bearer {bearer}",
+            "X-Qiao-Purpose": "integration-test",  # one the lab agreements allow
             **headers,
         },
         timeout=30,
@@ -133,7 +134,11 @@ def test_scoped_api_keys(city: City) -> None:
     r = httpx.get(
         city.url("transport", "police", "vehicle-violations"),
         params={"plate": city.city.violations[0].plate},
-        headers={"X-Qiao-Client": client, "Authorization": f"Bearer {scoped.secret}"},
+        headers={
+            "X-Qiao-Client": client,
+            "Authorization": f"Bearer {scoped.secret}",
+            "X-Qiao-Purpose": "traffic-enforcement",
+        },
         timeout=30,
     )
     assert r.status_code == 200, r.text

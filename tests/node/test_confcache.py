@@ -36,7 +36,7 @@ def doc(serial: int, instance: str = "CN-T", name: str = "甲") -> dict[str, Any
         ],
         "ca_certificates": [],
         "revoked": [],
-        "resources": [{"org": ORG, "code": "r", "name": "", "allowed_clients": []}],
+        "resources": [{"org": ORG, "code": "r", "name": ""}],
     }
 
 

@@ -40,7 +40,7 @@ def test_organization_codes_are_checked(registry: RegistryService) -> None:
     assert e.value.kind is problems.CONFLICT
 
 
-def test_apps_resources_and_allow_list(registry: RegistryService) -> None:
+def test_apps_and_resources(registry: RegistryService) -> None:
     registry.add_organization(ORG_A, "甲")
     registry.add_organization(ORG_B, "乙")
     registry.add_app(ORG_B, "caller")
@@ -51,18 +51,11 @@ def test_apps_resources_and_allow_list(registry: RegistryService) -> None:
         registry.add_app(ORG_B, "bad code!")
     assert e.value.kind is problems.VALIDATION
     registry.add_resource(ORG_A, "records", "记录")
-    registry.allow(ORG_A, "records", f"CN-T/{ORG_B}/caller")
-    registry.allow(ORG_A, "records", f"CN-T/{ORG_B}")
-    for bad in ["OTHER/" + ORG_B, f"CN-T/{ORG_B}/a/b", "nonsense"]:
-        with pytest.raises(Problem):
-            registry.allow(ORG_A, "records", bad)
     with pytest.raises(Problem) as e:
-        registry.allow(ORG_A, "nothing", f"CN-T/{ORG_B}")
-    assert e.value.kind is problems.NOT_FOUND
-    [(_res, allowed)] = registry.list_resources()
-    assert allowed == [f"CN-T/{ORG_B}", f"CN-T/{ORG_B}/caller"]
-    registry.disallow(ORG_A, "records", f"CN-T/{ORG_B}")
-    assert registry.list_resources()[0][1] == [f"CN-T/{ORG_B}/caller"]
+        registry.add_resource(ORG_A, "records")
+    assert e.value.kind is problems.CONFLICT
+    [res] = registry.list_resources()
+    assert (res.org_code, res.code, res.name) == (ORG_A, "records", "记录")
 
 
 def test_enrollment_token_is_single_use(registry: RegistryService) -> None:
@@ -105,7 +98,6 @@ def test_signed_configuration_tracks_every_change(registry: RegistryService) -> 
     registry.add_organization(ORG_B, "乙")
     registry.add_app(ORG_B, "caller")
     registry.add_resource(ORG_A, "records")
-    registry.allow(ORG_A, "records", f"CN-T/{ORG_B}/caller")
     token, _ = registry.create_enrollment_token(ORG_A)
     enr = registry.enroll(token, _csr(), "a-node", "https://127.0.0.1:9443")
     signed = registry.signed_global_conf()
@@ -114,8 +106,7 @@ def test_signed_configuration_tracks_every_change(registry: RegistryService) -> 
     conf = GlobalConf.compile(signing.verify_document(signed, pub, kind=KIND))
     assert conf.org_names == {ORG_A: "甲", ORG_B: "乙"}
     assert f"CN-T/{ORG_B}/caller" in conf.apps
-    assert conf.resources[(ORG_A, "records")].allows(f"CN-T/{ORG_B}/caller")
-    assert not conf.resources[(ORG_A, "records")].allows(f"CN-T/{ORG_B}/other")
+    assert (ORG_A, "records") in conf.resources
     fp = pki.fingerprint(pki.load_cert_pem(enr.certificate_pem.encode()))
     assert conf.nodes_by_fingerprint[fp].org == ORG_A
     assert conf.nodes_by_org[ORG_A][0].address == "https://127.0.0.1:9443"

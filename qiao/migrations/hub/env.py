@@ -1,5 +1,7 @@
 """Alembic environment of the hub's database."""
 
+from qiao.agreements import emergencies as emergency_models  # noqa: F401
+from qiao.agreements import models as agreement_models  # noqa: F401
 from qiao.catalog import models as catalog_models  # noqa: F401
 from qiao.db import HubBase
 from qiao.identity import models as identity_models  # noqa: F401

@@ -1,0 +1,1 @@
+"""Sharing requests and agreements: the machine-enforced contracts between departments."""
