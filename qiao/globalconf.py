@@ -70,6 +70,14 @@ class GlobalConf:
     @classmethod
     def compile(cls, doc: dict[str, Any]) -> GlobalConf:
         """Compile a verified document; raises ``ValueError`` if its shape is wrong."""
+        if doc.get("redacted"):
+            # The hub signs a public form without agreements and emergencies for callers
+            # that are not enrolled nodes. A node must never run on it: anyone between the
+            # node and the hub could replay it to strip the node of its agreements.
+            raise ValueError(
+                "the hub sent the public configuration, without agreements and emergencies: "
+                "it did not accept this node's signature on the fetch"
+            )
         try:
             instance = str(doc["instance"])
             apps: set[str] = set()

@@ -52,17 +52,11 @@ class SubscribeIn(_Body):
     fields: list[str] | None = Field(None, max_length=200)
     valid_days: int = Field(365, ge=1, le=MAX_VALID_DAYS)
     end_user_required: bool = False
-    consumer: str | None = Field(
-        None, pattern=ORG, description="The consuming organization; default: the caller's"
-    )
 
 
 class ApplicationIn(Application):
     provider: str = Field(pattern=ORG, description="The providing organization (USCC)")
     resource: str = Field(pattern=CODE)
-    consumer: str | None = Field(
-        None, pattern=ORG, description="The consuming organization; default: the caller's"
-    )
 
 
 class ReasonIn(_Body):
@@ -70,7 +64,12 @@ class ReasonIn(_Body):
 
 
 class RenewIn(_Body):
-    valid_days: int = Field(365, ge=1, le=MAX_VALID_DAYS)
+    valid_days: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_VALID_DAYS,
+        description="Validity of the renewal; default and at most: the original's length",
+    )
 
 
 class EmergencyIn(_Body):
@@ -106,7 +105,8 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
         status_code=201,
     )
     def subscribe(org: str, code: str, body: SubscribeIn, who: Applicant) -> dict[str, Any]:
-        """Creates and signs the agreement at once. A conditional resource: 409 (apply
+        """Creates and signs the agreement at once, for the caller's own organization (a
+        person of it; not the platform administrator). A conditional resource: 409 (apply
         instead); a non-shared one: 409 ``resource-not-shared``."""
         return service.subscribe(
             who,
@@ -117,21 +117,18 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
             fields=tuple(body.fields) if body.fields is not None else None,
             valid_days=body.valid_days,
             end_user_required=body.end_user_required,
-            consumer=body.consumer,
         ).to_json()
 
     @router.post(
         "/requests", summary="Apply for a conditional resource (有条件共享)", status_code=201
     )
     def apply(body: ApplicationIn, who: Applicant) -> dict[str, Any]:
-        """Submits a sharing request with purposes, legal basis and the terms wanted; the
-        provider's reply deadline (10 working days, official calendar) starts."""
-        application = Application.model_validate(
-            body.model_dump(exclude={"provider", "resource", "consumer"})
-        )
-        return service.apply(
-            who, body.provider, body.resource, application, consumer=body.consumer
-        ).to_json()
+        """Submits a sharing request of the caller's own organization (a person of it; not
+        the platform administrator) with purposes, legal basis and the terms wanted; the
+        provider's reply deadline (10 working days, official calendar) starts. A catalogued
+        resource's fields are its items' names exactly (422 otherwise)."""
+        application = Application.model_validate(body.model_dump(exclude={"provider", "resource"}))
+        return service.apply(who, body.provider, body.resource, application).to_json()
 
     @router.get("/requests", summary="List sharing requests")
     def list_requests(
@@ -162,15 +159,17 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
     def approve(
         request_id: str, who: Decider, body: Annotated[Narrowing | None, Body()] = None
     ) -> ApprovalOut:
-        """The provider's approver (or org-admin) approves; the body may narrow fields,
-        operations, apps, purposes, duration, quota and rate, and add masking rules, time
-        windows and the end-user condition. Wider: 422 ``approval-widens``."""
+        """A person of the provider holding approver (or org-admin) approves — the platform
+        administrator does not decide for an organization; the body may narrow fields,
+        operations, apps, purposes, duration, quota and rate, and add masking rules (keyed by
+        item names), time windows and the end-user condition. Wider: 422 ``approval-widens``."""
         request, agreement = service.approve(who, request_id, body)
         return ApprovalOut(request=request.to_json(), agreement=agreement.to_json())
 
     @router.post("/requests/{request_id}/refuse", summary="Refuse a sharing request")
     def refuse(request_id: str, body: ReasonIn, who: Decider) -> dict[str, Any]:
-        """A refusal needs its reason (422 ``reason-required``)."""
+        """A person of the provider holding approver (or org-admin); a refusal needs its
+        reason (422 ``reason-required``)."""
         return service.refuse(who, request_id, body.reason).to_json()
 
     @router.post("/requests/{request_id}/withdraw", summary="Withdraw a sharing request")
@@ -264,7 +263,10 @@ def install(app: Any, registry: RegistryService, settings: HubSettings) -> None:
         status_code=201,
     )
     def renew(agreement_id: str, body: RenewIn, who: Decider) -> dict[str, Any]:
-        """A new agreement naming the one it renews; the old one runs until it expires."""
+        """A new agreement naming the one it renews, on the resource's current catalog version;
+        the old one runs until it expires. A person of the provider renews (the platform
+        administrator only emergency agreements); the renewal lasts at most as long as the
+        original."""
         return service.renew(who, agreement_id, body.valid_days).to_json()
 
     app.include_router(router)

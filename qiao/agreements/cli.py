@@ -3,8 +3,10 @@
 The commands work on the hub's database directly (``--config HUB.toml``). ``--as USER``
 names the hub user a command acts for: that user's roles and organization are checked
 exactly as the API checks them (the same service does it). Without ``--as`` a command acts
-as the platform administrator (``roles.CLI``): whoever can read the hub's database and keys
-already holds that power.
+as the platform administrator (``roles.CLI``), who may read every request and agreement and
+suspend, resume or revoke any agreement, but does not act for an organization: applying,
+subscribing, approving, refusing and renewing are done by a person of the organization
+concerned, so those commands need ``--as`` (docs/agreements.md, "The workflow").
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ As = Annotated[
     typer.Option(
         "--as",
         help="The hub user to act as (their roles and organization are checked); "
-        "default: the platform administrator.",
+        "default: the platform administrator, who does not apply, approve or refuse.",
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why (recorded and shown to both parties).")]
@@ -76,14 +78,27 @@ def _open(config: Path | None, as_user: str | None) -> _Hub:
 
 @contextmanager
 def _acting(hub: _Hub) -> Iterator[None]:
-    """Record the user named by --as as the actor of what the command changes."""
+    """Record the user named by --as as the actor of what the command changes. Without
+    --as, a refusal says how to act as a person of an organization."""
+    from qiao import problems
+    from qiao.problems import Problem
     from qiao.registry.services import acting
 
     if hub.who.kind == "user":
         with acting(hub.who.subject):
             yield
-    else:
+        return
+    try:
         yield
+    except Problem as p:
+        if p.kind is not problems.FORBIDDEN:
+            raise
+        raise Problem(
+            p.kind,
+            f"{p.detail}. Without --as this command acts as the platform administrator; "
+            "name the person who acts with --as USER",
+            p.extra,
+        ) from p
 
 
 def _problems(fn: F) -> F:
@@ -153,14 +168,12 @@ def request(
     days: Annotated[int, typer.Option(help="Validity wanted, in days.")] = 365,
     quota: Annotated[int | None, typer.Option(help="Daily quota wanted.")] = None,
     end_user: Annotated[bool, typer.Option(help="Require X-Qiao-User on each call.")] = False,
-    consumer: Annotated[
-        str | None, typer.Option(help="The consuming organization (default: the user's).")
-    ] = None,
     subscribe: Annotated[
         bool, typer.Option(help="Subscribe to an unconditional (无条件共享) resource instead.")
     ] = False,
 ) -> None:
-    """Apply for a conditional resource of PROVIDER (or --subscribe to an unconditional one)."""
+    """Apply for a conditional resource of PROVIDER (or --subscribe to an unconditional one),
+    for the organization of the user named by --as."""
     from qiao.agreements.service import Application, parse
     from qiao.cli import console
 
@@ -176,7 +189,6 @@ def request(
                 fields=_tuple(field),
                 valid_days=days,
                 end_user_required=end_user,
-                consumer=consumer,
             )
             _show_agreement(view, f"subscribed: agreement {view.id}")
             return
@@ -194,9 +206,7 @@ def request(
             application["methods"] = method
         if path:
             application["paths"] = path
-        req = hub.service.apply(
-            hub.who, provider, resource, parse(Application, application), consumer=consumer
-        )
+        req = hub.service.apply(hub.who, provider, resource, parse(Application, application))
     provisional = " (provisional: the official calendar for that year is not out)"
     console.print(
         f"submitted {req.id}: {req.consumer_org} asks {req.provider_org} for {req.resource}; "
@@ -490,9 +500,13 @@ def agreements_renew(
     ctx: typer.Context,
     agreement_id: Annotated[str, typer.Argument(help="The agreement (agr-...).")],
     as_user: As = None,
-    days: Annotated[int, typer.Option(help="Validity of the new agreement, in days.")] = 365,
+    days: Annotated[
+        int | None,
+        typer.Option(help="Validity of the new agreement, in days (at most the original's)."),
+    ] = None,
 ) -> None:
-    """A new agreement with the same terms and a fresh validity."""
+    """A new agreement with the same terms on the resource's current version, and a fresh
+    validity no longer than the original's."""
     hub = _open(ctx.obj["config"], as_user)
     with _acting(hub):
         view = hub.service.renew(hub.who, agreement_id, days)

@@ -59,7 +59,8 @@ _RESOURCE_CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Emergency(HubBase):
-    """A declared emergency. Scope lists are JSON arrays; an empty one means "every"."""
+    """A declared emergency. Scope lists are JSON arrays: ``resources`` names at least one
+    resource; an empty ``organizations`` means every consumer organization."""
 
     __tablename__ = "emergencies"
     # The configuration asks for the emergencies in force on every new serial.
@@ -225,7 +226,12 @@ class EmergencyService:
         duration_hours: int,
         now: datetime | None = None,
     ) -> EmergencyView:
-        """Propose an emergency; it starts when a second platform administrator confirms."""
+        """Propose an emergency; it starts when a second platform administrator confirms.
+
+        ``resources`` must name at least one resource: an emergency opens the emergency-only
+        agreements of the resources it names, never all of them at once (an empty scope
+        would open every 不予共享 resource that has one). ``organizations`` empty means every
+        consumer organization of those resources' emergency agreements."""
         _need_platform_admin(who, "declare an emergency")
         reason = reason.strip()
         if not reason:
@@ -239,6 +245,11 @@ class EmergencyService:
             )
         scope_resources = self._check_resources(resources)
         scope_orgs = self._check_organizations(organizations)
+        if not scope_resources:
+            raise Problem(
+                problems.VALIDATION,
+                "an emergency names the resources it opens ({org}/{code}, at least one)",
+            )
         now = now or self.clock()
         row = Emergency(
             id=new_emergency_id(),

@@ -35,7 +35,7 @@ class DeclareIn(BaseModel):
     resources: list[str] = Field(
         default_factory=list,
         max_length=1000,
-        description='Resources as "{org}/{code}"; empty = every resource',
+        description='Resources as "{org}/{code}": at least one (422 otherwise)',
     )
     organizations: list[str] = Field(
         default_factory=list,

@@ -1,9 +1,14 @@
 """``qiao emergency``: declare, confirm, end and review emergencies on the hub.
 
 The commands work on the hub's database directly (``--config HUB.toml``). ``--as USER``
-names the hub user who acts, and that user's roles are checked exactly as the API would
-check them, so the two-administrator rule holds at the console too. Without ``--as`` a
-command acts as ``qiao.identity.roles.CLI``: one platform administrator, whoever runs it.
+names the hub user who acts, and that user's roles are checked as the API would check them.
+But ``--as`` is not authenticated: no password or second factor is asked, so whoever runs
+these commands can name any user, and could as well write the database directly. The console
+is trusted like the database access it stands on; the two-administrator rule is enforced by
+the API, for people who sign in (docs/agreements.md, "Emergency mode"). At the console it
+records which administrators were named, and guards against mistakes, not against the
+operator. Without ``--as`` a command acts as ``qiao.identity.roles.CLI``: one platform
+administrator, whoever runs it.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ AsOpt = Annotated[
     str | None,
     typer.Option(
         "--as",
-        help="The hub user who acts (their roles are checked); without it, the local "
-        "operator acts as one platform administrator.",
+        help="The hub user who acts (their roles are checked, but the console does not "
+        "authenticate them); without it, the local operator acts as one platform "
+        "administrator.",
     ),
 ]
 
@@ -109,7 +115,7 @@ def declare(
     hours: Annotated[int, typer.Option(help="How long it lasts once confirmed.")],
     resource: Annotated[
         list[str] | None,
-        typer.Option("--resource", help="A resource in scope, ORG/CODE (repeat; none = all)."),
+        typer.Option("--resource", help="A resource in scope, ORG/CODE (repeat; at least one)."),
     ] = None,
     org: Annotated[
         list[str] | None,

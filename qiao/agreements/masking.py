@@ -21,8 +21,9 @@ field is de-identified by its rule. The rules and why:
   as on a receipt (屏蔽).
 - ``email``  ``zhang.san@example.cn`` -> ``z***@example.cn``: first character and the domain.
 - ``pseudonym``  ``440305199001011234`` -> ``ps_…`` (24 base32 characters): HMAC-SHA256 keyed
-  per agreement over the field path and the value's RFC 8785 form, so the same value gives the
-  same pseudonym under one agreement (joins work) and nothing links across agreements
+  per consumer, provider and resource (``pseudonym_key``) over the field path and the value's
+  RFC 8785 form, so the same value gives the same pseudonym to one consumer of one resource,
+  renewals included (joins work), and nothing links across consumers or resources
   (GB/T 35273-2020 §3.14 去标识化; GB/T 37964-2019 假名化 with a keyed hash).
 - ``birth-year``  ``1990-01-01`` -> ``1990``, ``440305199001011234`` -> ``1990``: a date, or the
   birth date inside a citizen ID, generalized to its year (泛化).
@@ -212,7 +213,7 @@ def age_band(width: int) -> Rule:
 
 def pseudonym(key: bytes, path: str) -> Rule:
     """ps_ + base32 of the first 15 bytes of HMAC-SHA256(key, path NUL canonical value):
-    stable per agreement key and field, different across keys (RFC 2104 keyed hash)."""
+    stable per key and field, different across keys (RFC 2104 keyed hash)."""
     prefix = path.encode() + b"\0"
 
     def mask(value: Any) -> Any:
@@ -402,28 +403,83 @@ class RecordMasker:
 
     def apply(self, record: Any) -> Any:
         """The record with only the projected fields, each masked by its rule (a new value;
-        the argument is not modified). A non-object record is returned unchanged."""
-        if self._step is None or not isinstance(record, dict):
+        the argument is not modified). A record that is not a JSON object has no fields to
+        project or mask, so nothing of it is agreed: it becomes null."""
+        if self._step is None:
             return record
+        if not isinstance(record, dict):
+            return None
         return self._step(record)
 
-    def apply_document(self, document: Any, records_at: str) -> Any:
+    def apply_document(
+        self, document: Any, records_at: str, record_fields: frozenset[str] = frozenset()
+    ) -> Any:
         """Apply to the records at the JSON Pointer ``records_at`` (RFC 6901) of a response
-        document: an array there is each element, an object is one record; the rest of the
-        document is kept as is. A pointer that does not resolve leaves the document unchanged."""
+        document ("" is the document itself): an array there is each element, an object is one
+        record. The envelope around the records (the containers on the way to them) keeps
+        its scalar members, such as totals and cursors, but loses every object or array
+        member off the path, since it could carry records no projection has seen; a member
+        named like one of ``record_fields`` is treated as that field (projected and masked
+        by its rule: a lookup by plate may answer {"plate": …, "violations": […]}). Raises
+        RecordsNotFound when the pointer is malformed or does not resolve: the records
+        cannot be found, so nothing can be masked."""
         if self._step is None:
             return document
         tokens = pointer_tokens(records_at)
         if tokens is None:
-            return document
-        return _replace(document, tokens, self._records)
+            raise RecordsNotFound(records_at)
+        return self._envelope(document, tokens, records_at, record_fields)
+
+    def _envelope(
+        self, node: Any, tokens: list[str], records_at: str, record_fields: frozenset[str]
+    ) -> Any:
+        if not tokens:
+            return self._records(node)
+        token, rest = tokens[0], tokens[1:]
+        if isinstance(node, dict):
+            if token not in node:
+                raise RecordsNotFound(records_at)
+            out: dict[str, Any] = {}
+            named: dict[str, Any] = {}
+            for name, value in node.items():
+                if name == token:
+                    out[name] = self._envelope(value, rest, records_at, record_fields)
+                elif name in record_fields:
+                    named[name] = out[name] = value
+                elif not isinstance(value, (dict, list)):
+                    out[name] = value
+            if named:
+                kept = self.apply(named)
+                for name in named:
+                    if name in kept:
+                        out[name] = kept[name]
+                    else:
+                        del out[name]
+            return out
+        if isinstance(node, list):
+            # RFC 6901 §4: an array index is digits without leading zeros; "-" never resolves.
+            if not _INDEX.match(token) or int(token) >= len(node):
+                raise RecordsNotFound(records_at)
+            index = int(token)
+            # The other elements keep their places (so the pointer still resolves for the
+            # consumer); those that could hold records become null.
+            items = [None if isinstance(v, (dict, list)) else v for v in node]
+            items[index] = self._envelope(node[index], rest, records_at, record_fields)
+            return items
+        raise RecordsNotFound(records_at)
 
     def _records(self, target: Any) -> Any:
         if isinstance(target, list):
             return [self.apply(record) for record in target]
-        if isinstance(target, dict):
-            return self.apply(target)
-        return target
+        return self.apply(target)
+
+
+class RecordsNotFound(ValueError):
+    """A response document in which the catalog's ``records_at`` pointer finds nothing."""
+
+    def __init__(self, pointer: str) -> None:
+        super().__init__(f"the records pointer {pointer!r} does not resolve in the answer")
+        self.pointer = pointer
 
 
 def pointer_tokens(pointer: str) -> list[str] | None:
@@ -443,34 +499,24 @@ _INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
 _BAD_ESCAPE = re.compile(r"~(?![01])")
 
 
-def _replace(document: Any, tokens: list[str], change: Callable[[Any], Any]) -> Any:
-    """``document`` with the value at ``tokens`` replaced by ``change(value)``; the containers
-    on the way are copied (shallow), everything else is shared. Unresolved: unchanged."""
-    if not tokens:
-        return change(document)
-    token, rest = tokens[0], tokens[1:]
-    if isinstance(document, dict):
-        if token not in document:
-            return document
-        copy = dict(document)
-        copy[token] = _replace(document[token], rest, change)
-        return copy
-    if isinstance(document, list):
-        # RFC 6901 §4: an array index is digits without leading zeros; "-" never resolves.
-        if not _INDEX.match(token) or int(token) >= len(document):
-            return document
-        index = int(token)
-        items = list(document)
-        items[index] = _replace(document[index], rest, change)
-        return items
-    return document
-
-
 def compile_masking(
     fields: tuple[str, ...] | None, masking: Mapping[str, Masking], pseudonym_key: bytes
 ) -> RecordMasker:
     """Compile an agreement's projection (None = every field) and masking rules.
-    ``pseudonym_key`` keys the HMAC of the pseudonym rule (unique per agreement)."""
+    ``pseudonym_key`` keys the HMAC of the pseudonym rule (``pseudonym_key``: one per
+    consumer, provider and resource)."""
     if fields is None and not masking:
         return RecordMasker(None)
     return RecordMasker(_compile(_build(fields, masking, pseudonym_key)))
+
+
+def pseudonym_key(secret: bytes, consumer_org: str, provider_org: str, resource: str) -> bytes:
+    """The key of the pseudonym rule for one consumer, provider and resource:
+    HMAC-SHA256(secret, RFC 8785 form of ["qiao-pseudonym/1", consumer, provider, resource])
+    (RFC 2104). Not the agreement's id: a renewal is a new agreement, and pseudonyms that
+    changed with it would break the consumer's joins across the renewal; two agreements of the
+    same parties on the same resource give the same pseudonyms, which tells the consumer
+    nothing that either of them does not. Different consumers never share a key, so they
+    cannot link their records through pseudonyms."""
+    message = canonical_json(["qiao-pseudonym/1", consumer_org, provider_org, resource])
+    return hmac.new(secret, message, hashlib.sha256).digest()

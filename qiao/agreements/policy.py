@@ -16,10 +16,12 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -39,9 +41,15 @@ from qiao.problems import Problem
 log = logging.getLogger("qiao.agreements.policy")
 
 Side = Literal["consumer", "provider"]
-# Query parameters whose values name the fields a caller wants back (a common REST
-# convention: ?fields=plate,code or ?select=plate,code).
-FIELD_SELECTORS = ("fields", "select")
+# Query parameters whose values name fields, compared case-insensitively and by the name
+# before any "[" (so fields[]= and JSON:API's fields[vehicle]= count too). The fields a caller
+# wants back (?fields=plate,code, ?select=, OData's $select=):
+FIELD_SELECTORS = frozenset({"fields", "select", "$select"})
+# the fields it sorts by (sorting on a field orders the records by its real value, even when
+# the answer masks it: a comparison oracle, as good as a filter):
+SORT_KEYS = frozenset({"sort", "sort_by", "order", "order_by", "orderby", "$orderby"})
+# and filter expressions (OData's $filter=driver_mobile eq '1'), every name in them.
+FILTER_EXPRESSIONS = frozenset({"filter", "$filter"})
 
 # How close a refused call came to being admitted, in the order the checks run. When several
 # agreements cover the organization pair and the resource and none admits the call, the
@@ -92,6 +100,9 @@ class InvalidAgreement:
 
 
 Pattern = tuple[str, ...]
+# A field path as a request may name it, normalized: ("owner", "mobile") for owner.mobile,
+# owner[mobile], owner[0][mobile], Owner.Mobile or owner/mobile.
+FieldPath = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,12 @@ class CompiledAgreement:
     patterns: tuple[Pattern, ...] = ()
     any_path: bool = False
     purposes: frozenset[str] = frozenset()
-    hidden: frozenset[str] = frozenset()  # the resource's field names the caller may not see
+    # Field paths the caller may neither see, select, sort by nor filter on (with the name to
+    # report); for an object the projection names only parts of, those parts; and the paths
+    # masked by the pseudonym rule, which may be selected but not filtered on (see _hidden).
+    hidden: dict[FieldPath, str] = field(default_factory=dict)
+    partial: dict[str, frozenset[FieldPath]] = field(default_factory=dict)
+    pseudonymized: dict[FieldPath, str] = field(default_factory=dict)
     windows: tuple[TimeWindow, ...] = ()
     emergency_only: bool = False
     end_user_required: bool = False
@@ -244,8 +260,8 @@ class Policy:
                 f"{name} allows {', '.join(a.operations.methods)} on "
                 f"{', '.join(repr(p) for p in a.operations.paths)}, not {method} {rest_path!r}",
             )
-        if e.hidden:
-            asked = _hidden_asked(e.hidden, rest_path, query)
+        if e.hidden or e.partial or e.pseudonymized:
+            asked = _hidden_asked(e, rest_path, query)
             if asked:
                 return _FIELD, Problem(
                     problems.FIELD_NOT_ALLOWED,
@@ -290,26 +306,101 @@ def _matches(pattern: Pattern, segments: list[str]) -> bool:
     return len(segments) == len(pattern)
 
 
-def _hidden_asked(hidden: frozenset[str], rest_path: str, query: Mapping[str, str]) -> str:
-    """The first field outside the projection the request names, or "".
+def _hidden_asked(e: CompiledAgreement, rest_path: str, query: Mapping[str, str]) -> str:
+    """The first field outside what the caller may see that the request names, or "".
 
     Not only a field asked back is a leak: a filter on a hidden field (``?driver_mobile=
     138...``, or ``/by-mobile/138...`` spelt as a path segment) answers "is there a record
     whose hidden value is X?" — the records that come back, even with the field removed,
     confirm the value, and repeated filters recover it by inference (a membership oracle).
-    So a hidden field may be neither selected nor used to filter."""
+    So a hidden field may be neither selected, sorted by nor used to filter. A pseudonymized
+    field may be selected (the answer carries only its pseudonym), but a filter or a sort on
+    its real value would map identities to pseudonyms.
+
+    Names are compared as the backend may read them, which Qiao does not know: case-
+    insensitively, nested ones by their path (``owner.mobile``, ``owner[mobile]``), and
+    percent-decoded until nothing changes (``rest_path`` and the query arrive decoded once by
+    aiohttp, and the provider passes the raw target on to the backend, which decodes it once
+    more or not at all). Refusing a parameter that only looks like a hidden field costs a
+    rephrased call; admitting one that is a hidden field leaks it."""
     if rest_path:
         for segment in rest_path.split("/"):
-            if segment in hidden:
-                return segment
+            asked = _hidden_name(e, segment, filtering=True)
+            if asked:
+                return asked
     for name, value in query.items():
-        if name in hidden:
-            return name
-        if name in FIELD_SELECTORS:
-            for wanted in value.split(","):
-                wanted = wanted.strip()
-                if wanted in hidden:
-                    return wanted
+        asked = _hidden_name(e, name, filtering=True)
+        if asked:
+            return asked
+        path = _field_path(name)
+        if not path:
+            continue
+        if path[0] in FIELD_SELECTORS or path[0] in SORT_KEYS:
+            sorting = path[0] in SORT_KEYS
+            for wanted in _decoded(value).split(","):
+                # "-driver_mobile" (descending) and "driver_mobile desc" name the field too.
+                words = wanted.strip().lstrip("+-").split()
+                asked = _hidden_name(e, words[0], filtering=sorting) if words else ""
+                if asked:
+                    return asked
+        elif path[0] in FILTER_EXPRESSIONS:
+            for word in _EXPRESSION_NAME.findall(_decoded(value)):
+                asked = _hidden_name(e, word, filtering=True)
+                if asked:
+                    return asked
+    return ""
+
+
+# A name in a filter expression: a letter or "_" first, then word characters and the
+# separators of a nested name (digits alone, operators and quoted strings' spaces are not).
+_EXPRESSION_NAME = re.compile(r"[^\W\d][\w.\[\]/]*")
+_PATH_SEPARATORS = re.compile(r"[.\[\]/]")
+
+
+def _decoded(text: str) -> str:
+    """``text`` percent-decoded until it no longer changes (bounded: each round shortens it)."""
+    for _ in range(4):
+        if "%" not in text:
+            break
+        plain = unquote(text, errors="replace")
+        if plain == text:
+            break
+        text = plain
+    return text
+
+
+def _field_path(name: str) -> FieldPath:
+    """The field path a parameter name or path segment names: decoded, case-folded, split at
+    ".", "[", "]" and "/", without matrix parameters (RFC 3986 §3.3 ";...") or array indices."""
+    text = _decoded(name).split(";", 1)[0].casefold()
+    parts = [part.strip() for part in _PATH_SEPARATORS.split(text)]
+    head, *rest = [part for part in parts if part] or [""]
+    if not head:
+        return ()
+    return (head, *(part for part in rest if not part.isdigit()))
+
+
+def _hidden_name(e: CompiledAgreement, name: str, filtering: bool = False) -> str:
+    """The hidden field ``name`` names (as the agreement calls it), or "". ``filtering``: the
+    name is used to filter or sort, so a pseudonymized field counts as hidden too."""
+    path = _field_path(name)
+    if not path:
+        return ""
+    for n in range(1, len(path) + 1):  # a hidden object hides all below it
+        hidden = e.hidden.get(path[:n])
+        if hidden is None and filtering:
+            hidden = e.pseudonymized.get(path[:n])
+        if hidden is not None:
+            return hidden if n == len(path) else ".".join((hidden, *path[n:]))
+    # Only some of the object is projected: a path below it is visible when it is one of
+    # those parts, lies below one, or is an object holding one.
+    shown = e.partial.get(path[0])
+    if (
+        shown is not None
+        and len(path) > 1
+        and not any(path[: len(s)] == s or s[: len(path)] == path for s in shown)
+    ):
+        return ".".join(path)
     return ""
 
 
@@ -428,6 +519,7 @@ def _compile_one(
         return CompiledAgreement(None, sha256, agreement_id, state, reason, invalid=outcome)
     a = outcome
     fields = resource_fields.get((a.provider.org, a.resource.code)) or ()
+    hidden, partial, pseudonymized = _hidden(fields, a)
     return CompiledAgreement(
         agreement=a,
         sha256=sha256,
@@ -440,29 +532,53 @@ def _compile_one(
         patterns=tuple(_compile_pattern(p) for p in a.operations.paths),
         any_path="**" in a.operations.paths,
         purposes=frozenset(a.purposes),
-        hidden=_hidden(fields, a),
+        hidden=hidden,
+        partial=partial,
+        pseudonymized=pseudonymized,
         windows=a.conditions.time_windows,
         emergency_only=a.conditions.emergency_only,
         end_user_required=a.conditions.end_user_required,
     )
 
 
-def _hidden(fields: Iterable[str], a: Agreement) -> frozenset[str]:
-    """The resource's field names the agreement does not let the caller see: not in the
-    projection (by the field or a path below it), or suppressed by the masking rules (a
-    suppressed field is as absent as an unprojected one)."""
-    if a.fields is None:
-        visible: set[str] | None = None
-    else:
-        visible = {_top(p) for p in a.fields}
-    suppressed = {p.removesuffix("[]") for p, m in a.masking.items() if m.rule is MaskRule.SUPPRESS}
-    return frozenset(
-        f for f in fields if (visible is not None and f not in visible) or f in suppressed
-    )
+def _hidden(
+    fields: Iterable[str], a: Agreement
+) -> tuple[dict[FieldPath, str], dict[str, frozenset[FieldPath]], dict[FieldPath, str]]:
+    """What the agreement does not let the caller see, in request terms (see _field_path):
 
-
-def _top(path: str) -> str:
-    return path.split(".", 1)[0].removesuffix("[]")
+    - the resource's fields outside the projection (by the field or a path below it);
+    - fields suppressed by the masking rules (as absent as unprojected ones);
+    - for an object the projection names only parts of (``owner.name``), those parts: the
+      object's other paths are hidden (returned separately, as the catalog lists only
+      top-level fields);
+    - and, for filters and sorts only, fields masked by the ``pseudonym`` rule: the answer
+      shows a keyed HMAC, so a filter on the real value (``?citizen_id=440305...``) would map
+      identities to pseudonyms. Fields masked partially (plate, mobile, citizen-id, ...) stay
+      usable as filters on purpose: a department looking up a plate it already holds is the
+      core use (docs/agreements.md, "Enforcement at both nodes", states the residual risk)."""
+    hidden: dict[FieldPath, str] = {}
+    partial: dict[str, set[FieldPath]] = {}
+    whole: set[str] = set()
+    for projected in a.fields or ():
+        path = _field_path(projected)
+        if len(path) == 1:
+            whole.add(path[0])
+        elif path:
+            partial.setdefault(path[0], set()).add(path)
+    if a.fields is not None:
+        for f in fields:
+            key = _field_path(f)
+            if key and key[0] not in whole and key[0] not in partial:
+                hidden[key] = f
+    pseudonymized: dict[FieldPath, str] = {}
+    for masked, m in a.masking.items():
+        key = _field_path(masked)
+        if key and m.rule is MaskRule.SUPPRESS:
+            hidden[key] = masked.replace("[]", "")
+        elif key and m.rule is MaskRule.PSEUDONYM:
+            pseudonymized[key] = masked.replace("[]", "")
+    shown = {top: frozenset(paths) for top, paths in partial.items() if top not in whole}
+    return hidden, shown, pseudonymized
 
 
 def _emergency(e: Mapping[str, Any]) -> Emergency:

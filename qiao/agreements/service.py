@@ -14,6 +14,13 @@ configuration's serial in the same transaction, so the nodes pick it up on their
 
 Every method takes the acting ``Principal`` first and checks it, so the API and the commands
 enforce the same rules; ``now`` may be passed to freeze the clock (tests).
+
+An agreement binds two organizations, so the people who make one act for them: a person of
+the consuming organization applies or subscribes, a person of the providing organization
+approves, refuses or renews. Here the platform administrator's "every role everywhere"
+(``Principal.has``) does not apply — otherwise one administrator alone could sign an agreement
+on two departments' behalf. The platform keeps what it needs to run the exchange: arranging
+emergency agreements, and suspending, resuming and revoking any agreement to stop sharing.
 """
 
 from __future__ import annotations
@@ -87,6 +94,23 @@ DEFAULT_MASKS = {
     Format.PLATE: MaskRule.PLATE,
 }
 RequestStatus = Literal["submitted", "approved", "refused", "withdrawn"]
+
+
+def _member(who: Principal, roles: tuple[Role, ...], org: str) -> bool:
+    """Whether ``who`` is a person of ``org`` holding one of ``roles``, by their own
+    organization and roles: no platform-administrator wildcard (see the module docstring)."""
+    return who.org is not None and who.org.upper() == org and bool(who.roles.intersection(roles))
+
+
+def _need_member(who: Principal, roles: tuple[Role, ...], org: str, what: str) -> None:
+    if not _member(who, roles, org):
+        raise Problem(
+            problems.FORBIDDEN,
+            f"{what} needs a person of organization {org} holding the role "
+            + " or ".join(r.value for r in roles)
+            + f"; {who.subject} is not"
+            + (" (a platform administrator does not act for one)" if who.is_platform_admin else ""),
+        )
 
 
 def _new_id(prefix: str, chars: int) -> str:
@@ -356,6 +380,24 @@ def _as_tuple(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
+def _check_item(path: str, target: _Target, what: str) -> None:
+    if target.fields is None:
+        if not FIELD_PATH.match(path):
+            raise Problem(
+                problems.VALIDATION,
+                f"{what} {path!r}: names joined by '.', '[]' for arrays",
+                {"field": path},
+            )
+        return
+    if path not in target.fields:
+        raise Problem(
+            problems.VALIDATION,
+            f"{what} {path!r}: {target.ref.code} has no item of that name; name one of its "
+            "items exactly: " + ", ".join(target.fields),
+            {"field": path, "allowed": list(target.fields)},
+        )
+
+
 class AgreementService:
     def __init__(
         self, registry: RegistryService, *, clock: Callable[[], datetime] = utcnow
@@ -404,11 +446,18 @@ class AgreementService:
         )
         return _Target(ref, tuple(item.field for item in spec.items), masking)
 
-    def _consumer(self, who: Principal, consumer: str | None) -> str:
-        org = (consumer or who.org or "").upper()
+    @staticmethod
+    def _consumer(who: Principal, what: str) -> str:
+        """The consuming organization: the caller's own, and the caller one of its people."""
+        org = (who.org or "").upper()
         if not org:
-            raise Problem(problems.VALIDATION, "name the consuming organization (consumer)")
-        need(who, *APPLICANTS, org=org)
+            raise Problem(
+                problems.FORBIDDEN,
+                f"{what} needs a person of the consuming organization holding the role "
+                + " or ".join(r.value for r in APPLICANTS)
+                + f"; {who.subject} acts for no organization",
+            )
+        _need_member(who, APPLICANTS, org, what)
         return org
 
     def _party(self, s: Session, org: str, apps: tuple[str, ...] = ()) -> Party:
@@ -424,23 +473,33 @@ class AgreementService:
 
     @staticmethod
     def _check_fields(fields: tuple[str, ...] | None, target: _Target) -> tuple[str, ...] | None:
-        """The projection asked for: every item by default; each path must name an item."""
+        """The projection asked for: every item by default.
+
+        A catalogued resource's records are flat: each field is exactly one item's name.
+        A path under an item (``driver_mobile[]``, ``plate.x``) would name data the item's
+        default masking, keyed by the item's name, does not cover, so it is refused. For a
+        resource the catalog does not describe, any well-formed path is accepted."""
         if fields is None:
             return target.fields
         for path in fields:
-            if not FIELD_PATH.match(path):
-                raise Problem(
-                    problems.VALIDATION,
-                    f"field path {path!r}: names joined by '.', '[]' for arrays",
-                )
-            top = path.split(".")[0].removesuffix("[]")
-            if target.fields is not None and top not in target.fields:
-                raise Problem(
-                    problems.VALIDATION,
-                    f"{target.ref.code} has no item {top!r}; its items are "
-                    + ", ".join(target.fields),
-                )
+            _check_item(path, target, "field")
         return tuple(dict.fromkeys(fields))
+
+    @staticmethod
+    def _check_masking(masking: dict[str, Masking], target: _Target) -> None:
+        """An approver's masking rules name items of a catalogued resource (items are never
+        objects, so never a path under one)."""
+        for path in masking:
+            _check_item(path, target, "masking of field")
+
+    @staticmethod
+    def _not_non_shared(target: _Target, provider: str, *, now: bool = False) -> None:
+        if target.ref.sharing_type is SharingType.NONE:
+            raise Problem(
+                problems.RESOURCE_NOT_SHARED,
+                f"{provider}/{target.ref.code} is {'now ' if now else ''}不予共享: only an "
+                "emergency agreement reaches it",
+            )
 
     @staticmethod
     def _not_self(provider: str, consumer: str) -> None:
@@ -461,20 +520,16 @@ class AgreementService:
         fields: tuple[str, ...] | None = None,
         valid_days: int = 365,
         end_user_required: bool = False,
-        consumer: str | None = None,
         now: datetime | None = None,
     ) -> AgreementView:
-        """Subscribe to an unconditional resource: the agreement is made and signed at once."""
-        consumer_org = self._consumer(who, consumer)
+        """Subscribe to an unconditional resource for the caller's organization: the agreement
+        is made and signed at once."""
+        consumer_org = self._consumer(who, "subscribing")
         provider = provider_org.upper()
         self._not_self(provider, consumer_org)
         target = self._target(provider, code)
         kind = target.ref.sharing_type
-        if kind is SharingType.NONE:
-            raise Problem(
-                problems.RESOURCE_NOT_SHARED,
-                f"{provider}/{code} is 不予共享: only an emergency agreement reaches it",
-            )
+        self._not_non_shared(target, provider)
         if kind is not SharingType.UNCONDITIONAL:
             raise Problem(
                 problems.CONFLICT,
@@ -511,11 +566,11 @@ class AgreementService:
         code: str,
         application: Application,
         *,
-        consumer: str | None = None,
         now: datetime | None = None,
     ) -> RequestView:
-        """Apply for a conditional resource; the reply deadline starts counting."""
-        consumer_org = self._consumer(who, consumer)
+        """Apply for a conditional resource for the caller's organization; the reply deadline
+        starts counting."""
+        consumer_org = self._consumer(who, "applying")
         provider = provider_org.upper()
         self._not_self(provider, consumer_org)
         target = self._target(provider, code)
@@ -610,7 +665,7 @@ class AgreementService:
         self, s: Session, who: Principal, request_id: str, status: str, when: datetime, reason: str
     ) -> SharingRequest:
         row = self._request_row(s, request_id)
-        need(who, *DECIDERS, org=row.provider_org)
+        _need_member(who, DECIDERS, row.provider_org, "deciding a request")
         # The conditional UPDATE makes "decided once" hold under concurrent decisions too.
         done = s.execute(
             update(SharingRequest)
@@ -636,18 +691,19 @@ class AgreementService:
         when = self._now(now)
         with self._sessions() as s:
             pending = self._request_row(s, request_id)
-            need(who, *DECIDERS, org=pending.provider_org)
+            _need_member(who, DECIDERS, pending.provider_org, "approving a request")
             if pending.status != "submitted":
                 raise Problem(problems.REQUEST_DECIDED, f"{request_id} is already {pending.status}")
             provider, consumer, code = pending.provider_org, pending.consumer_org, pending.resource
             applied = self._application(pending)
         target = self._target(provider, code)
-        if target.ref.sharing_type is SharingType.NONE:  # reclassified since the application
-            raise Problem(
-                problems.RESOURCE_NOT_SHARED,
-                f"{provider}/{code} is now 不予共享: only an emergency agreement reaches it",
-            )
+        self._not_non_shared(target, provider, now=True)  # reclassified since the application
+        if narrowing.fields is not None:
+            self._check_fields(narrowing.fields, target)
+        self._check_masking(narrowing.masking, target)
         terms = _narrow(applied, narrowing)
+        # Checked again against the current version: its items may have changed since.
+        fields = self._check_fields(terms.fields, target)
         self.keys.ensure((provider, consumer))
         with self._sessions.begin() as s:
             row = self._decide(s, who, request_id, "approved", when, "")
@@ -657,8 +713,8 @@ class AgreementService:
                 consumer=consumer,
                 apps=terms.apps,
                 target=target,
-                fields=terms.fields,
-                masking=self._masking_for(target, terms.fields, narrowing.masking),
+                fields=fields,
+                masking=self._masking_for(target, fields, narrowing.masking),
                 purposes=terms.purposes,
                 operations=Operations(methods=terms.methods, paths=terms.paths),
                 valid_days=terms.valid_days,
@@ -683,7 +739,7 @@ class AgreementService:
         when = self._now(now)
         with self._sessions.begin() as s:
             row = self._request_row(s, request_id)
-            need(who, *DECIDERS, org=row.provider_org)
+            _need_member(who, DECIDERS, row.provider_org, "refusing a request")
             if not reason.strip():
                 raise Problem(problems.REASON_REQUIRED, "a refusal must give its reason")
             row = self._decide(s, who, request_id, "refused", when, reason.strip())
@@ -1090,24 +1146,42 @@ class AgreementService:
             now=now,
         )
 
+    @staticmethod
+    def _renewer(who: Principal, row: AgreementRecord) -> bool:
+        """A renewal is a new agreement signed for both parties, so (unlike suspending) it is
+        made by a person of the provider, as an approval is; the platform renews only what it
+        arranged."""
+        if row.emergency_only:
+            return who.is_platform_admin
+        return _member(who, DECIDERS, row.provider_org)
+
     def renew(
         self,
         who: Principal,
         agreement_id: str,
-        valid_days: int = 365,
+        valid_days: int | None = None,
         *,
         now: datetime | None = None,
     ) -> AgreementView:
-        """A new agreement with the same terms and a fresh validity, naming the one it renews;
-        the old one stays in force until it expires."""
+        """A new agreement with the same terms on the resource as the catalog describes it
+        now, and a fresh validity, naming the one it renews; the old one stays in force until
+        it expires.
+
+        The resource is resolved as for an application (current version and sharing type;
+        a deprecated one refused; a 不予共享 one only for an emergency agreement), and the
+        current version's default masking applies to the projection. The renewal lasts as
+        long as the original at most: ``valid_days`` (default: the original's length) is
+        capped at it, for a longer term needs a new application the provider decides on."""
         when = self._now(now)
-        if not 1 <= valid_days <= MAX_VALID_DAYS:
+        if valid_days is not None and not 1 <= valid_days <= MAX_VALID_DAYS:
             raise Problem(problems.VALIDATION, f"valid_days is 1 to {MAX_VALID_DAYS}")
         with self._sessions() as s:
             old = self._agreement_row(s, agreement_id)
-            if not self._provider_decider(who, old):
+            if not self._renewer(who, old):
                 raise Problem(
-                    problems.FORBIDDEN, "the provider's approver or org-admin renews an agreement"
+                    problems.FORBIDDEN,
+                    "a person of the provider holding the role approver or org-admin renews an "
+                    f"agreement (organization {old.provider_org}); {who.subject} is not",
                 )
             if old.state != AgreementState.ACTIVE.value:
                 raise Problem(
@@ -1116,15 +1190,26 @@ class AgreementService:
                     "can be renewed",
                 )
             terms = Agreement.model_validate_json(old.document)
-        self.keys.ensure((terms.provider.org, terms.consumer.org))
+        provider = terms.provider.org
+        target = self._target(provider, terms.resource.code)
+        if not terms.conditions.emergency_only:
+            self._not_non_shared(target, provider, now=True)
+        fields = self._check_fields(terms.fields, target)
+        original = terms.valid_until - terms.valid_from
+        days = max(1, original.days)
+        days = min(valid_days, days) if valid_days is not None else days
+        self.keys.ensure((provider, terms.consumer.org))
         start = when.astimezone(CST).replace(microsecond=0)
         try:
             doc = terms.model_copy(
                 update={
                     "id": _new_id("agr-", 16),
+                    "resource": target.ref,
+                    "fields": fields,
+                    "masking": self._masking_for(target, fields, dict(terms.masking)),
                     "renews": terms.id,
                     "valid_from": start,
-                    "valid_until": start + timedelta(days=valid_days),
+                    "valid_until": start + timedelta(days=days),
                     "issued_at": start,
                 }
             )

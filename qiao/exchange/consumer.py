@@ -12,19 +12,19 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from qiao import problems
-from qiao.agreements.policy import Decision
 from qiao.catalog.schema import Undecodable, Violation, decoded, is_json_media_type
 from qiao.config import NodeSettings
 from qiao.db import utcnow
 from qiao.exchange import protocol as p
 from qiao.exchange.keys import ApiKeyService, HubKeysUnavailable, HubTokens
-from qiao.exchange.limits import NOT_COUNTED, Limiter
+from qiao.exchange.limits import NOT_COUNTED, Limiter, Reservation
 from qiao.exchange.records import RecordWriter
 from qiao.exchange.relay import Exchange, client_session, forward_headers, upstream_failure
 from qiao.globalconf import GlobalConf, NodeEntry, ResourceEntry
@@ -34,6 +34,25 @@ from qiao.node.identity import NodeIdentity
 from qiao.problems import Problem
 
 log = logging.getLogger("qiao.exchange.consumer")
+# The scope an access token from the hub needs to be used at a node (docs/sso.md).
+EXCHANGE_SCOPE = "qiao"
+
+
+@dataclass
+class ProviderAnswer:
+    """What this node saw of the provider node's answer to one call."""
+
+    request_hash: str = ""  # its X-Qiao-Request-Hash; "" if it sent none (or did not answer)
+
+
+def provider_refused_over_limit(problem_type: str, answer: ProviderAnswer) -> bool:
+    """Whether the provider NODE refused the call as over an agreement's limit, so this node
+    gives back its reservation. The problem type alone does not tell: a backend may answer
+    429 with a limiter's type itself, and the provider node relays that answer as a call it
+    admitted and counted. The provider node refuses at its decision, before it hashes the
+    request, so its own refusal carries no X-Qiao-Request-Hash; every answer it relays from
+    the backend does (qiao.exchange.provider)."""
+    return problem_type in NOT_COUNTED and not answer.request_hash
 
 
 class PinnedFingerprints(aiohttp.Fingerprint):
@@ -151,30 +170,31 @@ class ConsumerGateway:
             conf = self._conf.usable()
             provider, resource = self._route(conf, client, target)
             x.record.peer_node = provider.name
-            decision = self._decide(conf, request, target, x)
+            reservation = self._decide(conf, request, target, x)
+            answer = ProviderAnswer()
             try:
-                return await self._forward(request, provider, resource, x)
+                return await self._forward(request, provider, resource, x, answer)
             finally:
-                if x.outcome.problem_type in NOT_COUNTED:
+                if reservation and provider_refused_over_limit(x.outcome.problem_type, answer):
                     # The provider's limiter (authoritative) did not admit the call: neither
                     # does this node's count, as its records say (qiao.exchange.limits).
-                    self._limiter.release(decision.agreement, x.record.started_at)
+                    self._limiter.release(reservation)
         except Problem as refused:
             return await x.refuse(refused)
 
     def _decide(
         self, conf: GlobalConf, request: web.Request, target: p.Target, x: Exchange
-    ) -> Decision:
+    ) -> Reservation | None:
         """Decide under the agreements before any byte goes to the provider (the consumer
-        node rejects early; the provider decides again, with authority)."""
+        node rejects early; the provider decides again, with authority), and count the call
+        against the agreement's limits (None: it has none)."""
         rec = x.record
         decision = conf.policy.decide(
             rec.client, target.provider_org, target.resource, request.method, target.path,
             request.query, rec.purpose, rec.end_user, rec.started_at, "consumer",
         )  # fmt: skip
         rec.agreement, rec.emergency = decision.agreement.id, decision.emergency
-        self._limiter.admit(decision.agreement, rec.started_at)
-        return decision
+        return self._limiter.admit(decision.agreement, rec.started_at)
 
     async def _authenticate(
         self, request: web.Request, client: p.Client, target: p.Target, x: Exchange
@@ -223,6 +243,14 @@ class ConsumerGateway:
                 problems.BAD_CREDENTIAL,
                 f"the access token was issued to {at.app or 'a client bound to no app'}, "
                 f"not {client}",
+            )
+        if EXCHANGE_SCOPE not in at.scope.split():
+            # RFC 9068 §2.2.3: the scope says what the token may be used for. A token asked
+            # for sign-in alone ("openid profile") does not let the app call for the user.
+            raise Problem(
+                problems.OUT_OF_SCOPE,
+                f"the access token's scope {at.scope!r} lacks {EXCHANGE_SCOPE!r}: ask the hub "
+                f"for scope '{EXCHANGE_SCOPE}' to call the exchange for the user",
             )
         # RFC 9068 §2.2: "sub" is the resource owner. It replaces whatever X-Qiao-User the
         # app sent, so the record names the person the hub authenticated.
@@ -287,7 +315,12 @@ class ConsumerGateway:
         )
 
     async def _forward(
-        self, request: web.Request, provider: NodeEntry, resource: ResourceEntry, x: Exchange
+        self,
+        request: web.Request,
+        provider: NodeEntry,
+        resource: ResourceEntry,
+        x: Exchange,
+        answer: ProviderAnswer,
     ) -> web.StreamResponse:
         assert self._session is not None
         rec = x.record
@@ -326,7 +359,7 @@ class ConsumerGateway:
             rec.request_hash = p.request_hash(
                 request.method, request.path_qs, rec.exchange_id, rec.client, x.body.sha256
             )
-            theirs = upstream.headers.get(p.H_REQUEST_HASH, "")
+            theirs = answer.request_hash = upstream.headers.get(p.H_REQUEST_HASH, "")
             # A provider may refuse before reading the body (and then cannot hash it), but an
             # answer it stands behind must name the request it answered.
             if (theirs or upstream.status < 400) and theirs != rec.request_hash:

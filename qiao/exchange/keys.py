@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -252,31 +253,41 @@ class HubTokens:
         self._issuer = ""
         self._jwks: dict[str, Any] | None = None
         self._fetched = 0.0
+        self._failed_at = -1e9  # monotonic time of the last failed fetch
+        self._failure = ""
         self._lock = asyncio.Lock()
 
     async def _fetch(self) -> None:
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as s:
-            async with s.get(f"{self._hub_url}/.well-known/openid-configuration") as r:
-                r.raise_for_status()
-                meta = await r.json()
-            async with s.get(meta["jwks_uri"]) as r:
-                r.raise_for_status()
-                jwks = await r.json()
-        self._issuer, self._jwks, self._fetched = meta["issuer"], jwks, time.monotonic()
+            meta = await _get_json(s, f"{self._hub_url}/.well-known/openid-configuration")
+            jwks = await _get_json(s, str(meta["jwks_uri"]))
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise ValueError("the JWKS is not a JSON Web Key Set")
+        self._issuer, self._jwks, self._fetched = str(meta["issuer"]), jwks, time.monotonic()
 
     async def _refresh(self, *, force: bool) -> None:
         async with self._lock:
-            age = time.monotonic() - self._fetched
+            now = time.monotonic()
+            age = now - self._fetched
             fresh = self._jwks is not None and age < self._max_age
             if fresh and (not force or age < self._min_refresh):
                 return
+            # A failed fetch is not retried sooner than min_refresh (or RETRY_UNAVAILABLE
+            # while no keys are held at all): with the hub away, tokens with unknown key ids
+            # must not queue behind one 10-second fetch after another.
+            wait = self._min_refresh if self._jwks is not None else RETRY_UNAVAILABLE
+            if now - self._failed_at < wait:
+                if self._jwks is None:
+                    raise HubKeysUnavailable(self._failure)
+                return
             try:
                 await self._fetch()
-            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+            except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+                self._failed_at, self._failure = time.monotonic(), str(exc) or repr(exc)
                 log.warning("could not fetch the hub's signing keys: %s", exc)
                 if self._jwks is None:
-                    raise HubKeysUnavailable(str(exc)) from exc
+                    raise HubKeysUnavailable(self._failure) from exc
 
     async def verify(self, token: str) -> AccessToken:
         if self._jwks is None or time.monotonic() - self._fetched > self._max_age:
@@ -286,6 +297,26 @@ class HubTokens:
         if _kid(token) not in kids:
             await self._refresh(force=True)
         return verify_access_token(token, self._jwks, issuer=self._issuer, audience=self.audience)
+
+
+# The hub's discovery document and JWKS are a few kilobytes; a larger answer is refused
+# unread rather than buffered whole.
+MAX_DOCUMENT_BYTES = 256 * 1024
+# While no keys are held at all, how soon a failed fetch may be tried again (seconds).
+RETRY_UNAVAILABLE = 5.0
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    parts: list[bytes] = []
+    size = 0
+    async with session.get(url) as r:
+        r.raise_for_status()
+        async for chunk in r.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+            parts.append(chunk)
+    return json.loads(b"".join(parts))
 
 
 def _kid(token: str) -> str:

@@ -9,6 +9,12 @@ The counts live in memory, but every admitted call is also an exchange record na
 agreement (qiao.exchange.records). When the node starts, or first sees an agreement, the
 limiter seeds today's count and the current window from those records (an indexed query on
 (agreement, started_at)), so a restart does not hand out a fresh quota.
+
+The counts are per node, not per organization: an organization that runs several provider
+nodes for a resource (docs/agreements.md, "Enforcement at both nodes") hands out up to N times
+an agreement's rate limit and daily quota, one full allowance per node, because each node
+counts only the calls it admitted. Exact counting across nodes needs a shared counter, which
+the design leaves out (a node must decide without another node or the hub being up).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Engine, func, select
 
 from qiao import problems
 from qiao.agreements.document import CST, Agreement
@@ -32,6 +38,15 @@ log = logging.getLogger("qiao.exchange.limits")
 
 # Calls the limiter itself refused are recorded (naming the agreement) but never counted.
 NOT_COUNTED = (problems.RATE_LIMITED.uri, problems.QUOTA_EXHAUSTED.uri)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One call admitted under an agreement, as counted: what ``Limiter.release`` gives back."""
+
+    agreement: str
+    at: datetime  # its place in the rate limit's window
+    day: date | None  # the CST day whose quota it was counted against; None: no quota
 
 
 @dataclass
@@ -67,11 +82,14 @@ class Limiter:
         if self._engine is None:
             return usage
         t = ExchangeRecord.__table__
-        counted = (
-            (t.c.agreement == a.id)
-            & (t.c.role == self._role)
-            & t.c.problem_type.not_in(NOT_COUNTED)
-        )
+        not_refused: ColumnElement[bool] = t.c.problem_type.not_in(NOT_COUNTED)
+        if self._role == "provider":
+            # A backend may answer 429 with a limiter's problem type itself; this node had
+            # admitted (and counted) that call. Its own refusals come before it hashes the
+            # request, so they alone have no request hash (qiao.exchange.provider). At the
+            # consumer's node every forwarded call has one, so there the type decides.
+            not_refused = not_refused | (t.c.request_hash != "")
+        counted = (t.c.agreement == a.id) & (t.c.role == self._role) & not_refused
         midnight = _midnight(now)
         with self._engine.connect() as conn:
             if a.daily_quota is not None:
@@ -90,12 +108,13 @@ class Limiter:
                 usage.window.extend(r[0] for r in rows)
         return usage
 
-    def admit(self, a: Agreement, now: datetime) -> None:
+    def admit(self, a: Agreement, now: datetime) -> Reservation | None:
         """Reserve one call under ``a`` at ``now`` or raise the 429 Problem (RATE_LIMITED or
-        QUOTA_EXHAUSTED, with ``retry_after`` seconds). Synchronous on purpose: see above."""
+        QUOTA_EXHAUSTED, with ``retry_after`` seconds). Synchronous on purpose: see above.
+        Returns what was counted (None when ``a`` has no limits)."""
         rate, quota = a.rate_limit, a.daily_quota
         if rate is None and quota is None:
-            return
+            return None
         usage = self._usage.get(a.id)
         if usage is None:
             usage = self._usage[a.id] = self._load(a, now)
@@ -114,13 +133,21 @@ class Limiter:
                     f"retry after {seconds} s",
                     {"retry_after": seconds, "agreement": a.id},
                 )
+        counted: date | None = None
         if quota is not None:
             day = now.astimezone(CST).date()
-            if usage.day != day:
+            # The count moves only forward. Calls are stamped when they arrive and admitted
+            # in whatever order the event loop runs them, so around CST midnight a call
+            # stamped 23:59:59.995 can follow one stamped 00:00:00.005: resetting then for
+            # the earlier day (and again for the later one) would hand out a fresh quota each
+            # time. A call stamped before the counted day counts against that day instead.
+            if usage.day is None or day > usage.day:
                 usage.day, usage.today = day, 0
             if usage.today >= quota:
-                # The quota is per day in China Standard Time: it renews at CST midnight.
-                seconds = max(1, math.ceil((_next_midnight(now) - now).total_seconds()))
+                # The quota is per day in China Standard Time: it renews at CST midnight
+                # (the one ending the counted day, also for a call stamped the day before).
+                renews = datetime.combine(usage.day + timedelta(days=1), time(0), CST)
+                seconds = max(1, math.ceil((renews - now).total_seconds()))
                 raise Problem(
                     problems.QUOTA_EXHAUSTED,
                     f"agreement {a.id} allows {quota} calls a day (China Standard Time); "
@@ -128,20 +155,23 @@ class Limiter:
                     {"retry_after": seconds, "agreement": a.id},
                 )
             usage.today += 1
+            counted = usage.day
         if rate is not None:
             window.append(now)
+        return Reservation(a.id, now, counted)
 
-    def release(self, a: Agreement, now: datetime) -> None:
-        """Give back a call reserved at ``now`` that the other node refused as over its
-        limit (the consumer's node then does not count what the provider did not admit)."""
-        usage = self._usage.get(a.id)
+    def release(self, reservation: Reservation) -> None:
+        """Give back a call the other node refused as over its limit (the consumer's node
+        then does not count what the provider did not admit)."""
+        usage = self._usage.get(reservation.agreement)
         if usage is None:
             return
-        if a.daily_quota is not None and usage.day == now.astimezone(CST).date():
+        # A reservation of a day already over was counted against that day's quota, which
+        # no longer matters; the current day's count must not shrink for it.
+        if reservation.day is not None and usage.day == reservation.day:
             usage.today = max(0, usage.today - 1)
-        if a.rate_limit is not None:
-            with contextlib.suppress(ValueError):  # already slid out of the window
-                usage.window.remove(now)
+        with contextlib.suppress(ValueError):  # already slid out of the window (or none)
+            usage.window.remove(reservation.at)
 
     def used(self, agreement_id: str) -> tuple[int, int]:
         """(calls in the current window, calls today) as counted now — for health and tests."""
@@ -151,7 +181,3 @@ class Limiter:
 
 def _midnight(now: datetime) -> datetime:
     return datetime.combine(now.astimezone(CST).date(), time(0), CST)
-
-
-def _next_midnight(now: datetime) -> datetime:
-    return _midnight(now) + timedelta(days=1)

@@ -9,12 +9,14 @@ the answer before it leaves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import hmac
 import logging
 import os
 import secrets
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -22,7 +24,12 @@ from aiohttp import web
 from yarl import URL
 
 from qiao import problems
-from qiao.agreements.masking import RecordMasker, compile_masking
+from qiao.agreements.masking import (
+    RecordMasker,
+    RecordsNotFound,
+    compile_masking,
+    pseudonym_key,
+)
 from qiao.agreements.policy import Decision
 from qiao.catalog.schema import (
     PayloadValidator,
@@ -46,10 +53,21 @@ from qiao.exchange.relay import (
 from qiao.globalconf import GlobalConf, NodeEntry, ResourceEntry
 from qiao.node.confcache import ConfigurationCache
 from qiao.node.identity import NodeIdentity
-from qiao.problems import Problem
+from qiao.problems import PROBLEM_CONTENT_TYPE, Problem
 
 log = logging.getLogger("qiao.exchange.provider")
 PSEUDONYM_SECRET_FILE = "pseudonym.secret"
+# Under an agreement that projects or masks, the caller's headers that would let the backend
+# answer with something other than the whole current document are not forwarded: a part of
+# one (Range, If-Range; RFC 9110 §14) cannot be masked, and a 304 to a guessed validator
+# (If-None-Match, If-Modified-Since; RFC 9110 §13) would confirm a value the masking hides.
+MASKED_OMITTED_REQUEST_HEADERS = frozenset(
+    {"Range", "If-Range", "If-None-Match", "If-Modified-Since"}
+)
+# ... and of the backend's headers only those that describe the answer, not its data, leave:
+# no Location (a redirect can name a record), Content-Range, ETag or Last-Modified (they
+# describe the unmasked document).
+MASKED_RESPONSE_HEADERS = ("Content-Type", "Content-Language", "Cache-Control", "Retry-After")
 
 
 def peer_fingerprint(request: web.Request) -> str:
@@ -173,7 +191,9 @@ class ProviderGateway:
         masker = self._maskers.get(decision.sha256)
         if masker is None:
             a = decision.agreement
-            key = hmac.new(self._pseudonym_secret, a.id.encode(), hashlib.sha256).digest()
+            key = pseudonym_key(
+                self._pseudonym_secret, a.consumer.org, a.provider.org, a.resource.code
+            )
             masker = self._maskers[decision.sha256] = compile_masking(a.fields, a.masking, key)
         return masker
 
@@ -195,7 +215,9 @@ class ProviderGateway:
                 request.method,
                 URL(backend + raw_rest(request), encoded=True),
                 data=data,
-                headers=forward_headers(request, rec),
+                headers=forward_headers(
+                    request, rec, MASKED_OMITTED_REQUEST_HEADERS if masker.active else ()
+                ),
                 timeout=self._timeouts[target.resource],
                 allow_redirects=False,
             )
@@ -215,27 +237,54 @@ class ProviderGateway:
                 request.method, request.path_qs, rec.exchange_id, rec.client, x.body.sha256
             )
             x.headers[p.H_REQUEST_HASH] = rec.request_hash
+            if masker.active:
+                return await self._relay_masked(request, upstream, resource, masker, decision, x)
             schema = resource.response_schema
-            carries = _carries_records(request, upstream)
-            if carries and masker.active:
-                # Fields outside the projection never leave this node, and the others leave
-                # masked: every 2xx answer is read whole, checked, and rewritten.
+            if _carries_records(request, upstream) and schema is not None:
                 return await x.relay_checked(
                     request,
                     upstream,
-                    self._settings.max_body_bytes,
-                    lambda body: self._check_response(schema, resource, upstream, body, x),
-                    lambda body: self._mask(masker, resource, upstream, body, decision),
-                )
-            if carries and schema is not None:
-                return await x.relay_checked(
-                    request,
-                    upstream,
-                    self._settings.max_body_bytes,
+                    self._max_body,
                     lambda body: self._check_response(schema, resource, upstream, body, x),
                 )
             # No schema (or the backend's own problem, or no content): streamed as before.
             return await x.relay(request, upstream)
+
+    async def _relay_masked(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        resource: ResourceEntry,
+        masker: RecordMasker,
+        decision: Decision,
+        x: Exchange,
+    ) -> web.StreamResponse:
+        """The backend's answer under an agreement that projects or masks: nothing of it
+        leaves unless it went through the masker. Fields outside the projection never leave
+        this node, and the others leave masked: every 2xx answer with content is read whole,
+        checked and rewritten; any other answer keeps only its status and a minimal problem
+        document, since an error or a redirect can carry records as well."""
+        schema = resource.response_schema
+        if upstream.status == HTTPStatus.PARTIAL_CONTENT:
+            # Range is not forwarded, but a backend may answer 206 anyway: a piece of a
+            # document cannot be projected, so it does not leave.
+            partial = Violation("", "status", "206")
+            return await x.refuse(_unmaskable(resource, decision, "a partial answer", partial))
+        if _carries_records(request, upstream):
+            return await x.relay_checked(
+                request,
+                upstream,
+                self._max_body,
+                lambda body: self._check_response(schema, resource, upstream, body, x),
+                lambda body: self._mask(masker, resource, upstream, body, decision),
+                MASKED_RESPONSE_HEADERS,
+            )
+        return await x.relay_replaced(
+            upstream,
+            self._max_body,
+            lambda body: _problem_summary(request, upstream, body, self._max_body),
+            MASKED_RESPONSE_HEADERS,
+        )
 
     def _mask(
         self,
@@ -251,10 +300,18 @@ class ProviderGateway:
         try:
             document = orjson.loads(plain)
         except orjson.JSONDecodeError:
-            return _unmaskable(resource, decision, Violation("", "json", ""))
-        masked = masker.apply_document(document, resource.records_at)
-        if resource.fields:
-            _mask_envelope(masked, resource.records_at, masker, frozenset(resource.fields))
+            return _unmaskable(resource, decision, "it is not JSON", Violation("", "json"))
+        try:
+            masked = masker.apply_document(
+                document, resource.records_at, frozenset(resource.fields)
+            )
+        except RecordsNotFound as missing:
+            return _unmaskable(
+                resource,
+                decision,
+                f"its records are not at {missing.pointer or '(the document)'!r}",
+                Violation(missing.pointer, "records_at"),
+            )
         return orjson.dumps(masked)
 
     def _check_response(
@@ -285,7 +342,7 @@ class ProviderGateway:
         if schema is None:
             # Not catalogued, but the agreement masks or projects: an answer that is not
             # JSON cannot be masked, so it does not leave.
-            return _unmaskable(resource, None, *errors)
+            return _unmaskable(resource, None, "it is not JSON", *errors)
         what = f"{resource.org}/{resource.code}"
         log.warning(
             "exchange %s: the backend's answer for %s v%d breaks the catalog: %s",
@@ -302,29 +359,6 @@ class ProviderGateway:
         )
 
 
-def _mask_envelope(
-    document: object, records_at: str, masker: RecordMasker, fields: frozenset[str]
-) -> None:
-    """The envelope around the records (paging, totals; the catalog allows it) may repeat a
-    record field — a lookup by plate answering {"plate": …, "violations": […]}. Such a member
-    is treated as that field: dropped when the agreement does not project it, masked by its
-    rule when it does, so the envelope cannot carry in clear what the records may not."""
-    node = document
-    tokens = [t.replace("~1", "/").replace("~0", "~") for t in records_at.split("/")[1:]]
-    for i, token in enumerate(tokens):
-        if not isinstance(node, dict):
-            return
-        named = {k: v for k, v in node.items() if k in fields and k != token}
-        if named:
-            kept = masker.apply(named)
-            for k in named:
-                if isinstance(kept, dict) and k in kept:
-                    node[k] = kept[k]
-                else:
-                    del node[k]
-        node = node.get(token) if i < len(tokens) else None
-
-
 def _json_errors(plain: bytes) -> list[Violation]:
     try:
         orjson.loads(plain)
@@ -333,22 +367,26 @@ def _json_errors(plain: bytes) -> list[Violation]:
     return []
 
 
-def _unmaskable(resource: ResourceEntry, decision: Decision | None, *errors: Violation) -> Problem:
+def _unmaskable(
+    resource: ResourceEntry, decision: Decision | None, why: str, *errors: Violation
+) -> Problem:
     under = f" under agreement {decision.agreement.id}" if decision else ""
     return Problem(
         problems.INVALID_RESPONSE,
         f"the answer of {resource.org}/{resource.code} cannot be masked as the agreement"
-        f"{under} requires: it is not JSON",
+        f"{under} requires: {why}",
         {"errors": [e.to_dict() for e in errors], "resource_version": resource.version},
     )
 
 
 def load_pseudonym_secret(data_dir: Path) -> bytes:
     """The node's secret for pseudonyms (32 random bytes in ``pseudonym.secret``, mode 0600),
-    created on first start. Each agreement's pseudonym key is HMAC-SHA256(secret, agreement
-    id): stable for the agreement, so a consumer can join records, and unlinkable across
-    agreements. An organization with several provider nodes copies this file to each of them,
-    or the same person would get different pseudonyms depending on the node that answered."""
+    created on first start. The pseudonym key of an agreement is derived from it and the
+    agreement's consumer, provider and resource (``qiao.agreements.masking.pseudonym_key``):
+    stable across renewals of the agreement, so a consumer can join records over time, and
+    unlinkable across consumers and resources. An organization with several provider nodes
+    copies this file to each of them, or the same person would get different pseudonyms
+    depending on the node that answered."""
     path = data_dir / PSEUDONYM_SECRET_FILE
     try:
         secret = path.read_bytes()
@@ -363,10 +401,46 @@ def load_pseudonym_secret(data_dir: Path) -> bytes:
 
 
 def _carries_records(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
-    """Only a successful answer with content is records; the backend's own problems (4xx,
-    5xx) and bodiless answers (HEAD, 204, 205, 304) pass through unchanged."""
+    """Only a successful answer with content is records. Without masking, the backend's own
+    problems (4xx, 5xx) and bodiless answers (HEAD, 204, 205, 304) pass through unchanged;
+    under masking they are replaced (``_problem_summary``)."""
     return (
         200 <= upstream.status < 300
         and upstream.status not in (204, 205)
         and request.method != "HEAD"
+        # A 201 or 202 with an empty body (Content-Length: 0) holds no records to check.
+        and upstream.content_length != 0
     )
+
+
+def _problem_summary(
+    request: web.Request, upstream: aiohttp.ClientResponse, body: bytes | None, limit: int
+) -> tuple[bytes, str]:
+    """What a masked exchange answers in place of a backend answer that is not records: no
+    body for a bodiless one (HEAD, 1xx, 2xx without content, 304), else a minimal problem
+    document (RFC 9457): the backend's own "type", "title" and "status" when it sent
+    application/problem+json (its "detail" and extensions may quote the records), otherwise
+    "about:blank" with the status's reason phrase (RFC 9457 §4.2.1)."""
+    status = upstream.status
+    if body == b"" or request.method == "HEAD" or status < 300 or status == 304:
+        return b"", ""
+    document: dict[str, Any] | None = None
+    media_type = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if body is not None and media_type == PROBLEM_CONTENT_TYPE:
+        try:
+            encoding = upstream.headers.get("Content-Encoding", "")
+            theirs = orjson.loads(decoded(body, encoding, limit))
+        except (Undecodable, orjson.JSONDecodeError):
+            theirs = None
+        if isinstance(theirs, dict):
+            document = {k: theirs[k] for k in ("type", "title") if isinstance(theirs.get(k), str)}
+            if type(theirs.get("status")) is int:  # bool is an int too: not a status
+                document["status"] = theirs["status"]
+    if document is None:
+        document = {"type": "about:blank"}
+        # A status code without a registered phrase gets no title rather than a guess (and
+        # never the backend's reason phrase, which is free text).
+        with contextlib.suppress(ValueError):
+            document["title"] = HTTPStatus(status).phrase
+        document["status"] = status
+    return orjson.dumps(document), PROBLEM_CONTENT_TYPE

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 import aiohttp
@@ -108,9 +108,10 @@ def client_session(connector: aiohttp.BaseConnector, **kwargs: Any) -> aiohttp.C
     )
 
 
-def forward_headers(request: web.Request, rec: Any) -> dict[str, str]:
-    """The headers the next hop gets: a fixed few of the caller's, and the Qiao ones."""
-    fwd = {h: v for h in FORWARD_REQUEST_HEADERS if (v := request.headers.get(h))}
+def forward_headers(request: web.Request, rec: Any, omit: Collection[str] = ()) -> dict[str, str]:
+    """The headers the next hop gets: a fixed few of the caller's (less those in ``omit``),
+    and the Qiao ones."""
+    fwd = {h: v for h in FORWARD_REQUEST_HEADERS if h not in omit and (v := request.headers.get(h))}
     fwd[H_CLIENT] = rec.client
     fwd[H_ID] = rec.exchange_id
     if rec.purpose:
@@ -232,12 +233,14 @@ class Exchange:
         limit: int,
         check: Callable[[bytes | None], Problem | None],
         rewrite: Callable[[bytes], bytes | Problem] | None = None,
+        forward: Collection[str] = FORWARD_RESPONSE_HEADERS,
     ) -> web.StreamResponse:
         """Like ``relay``, but the answer is read whole (at most ``limit`` bytes; ``check``
         gets None past it) and ``check``ed before any of it is sent: an answer that fails is
         replaced by the problem ``check`` returns, and recorded so. A passing answer goes on
         byte for byte, unless ``rewrite`` replaces it (masking: the new body is sent without
-        a Content-Encoding, and the record hashes what is sent) or refuses it."""
+        a Content-Encoding, and the record hashes what is sent) or refuses it. Of the next
+        hop's headers, only those in ``forward`` go on."""
         self.record.status = upstream.status
         try:
             body = await read_limited(upstream, limit)
@@ -260,7 +263,7 @@ class Exchange:
             outcome = process(body)
         if isinstance(outcome, Problem):
             return await self.refuse(outcome)
-        copy_response_headers(upstream, self.headers)
+        copy_response_headers(upstream, self.headers, forward)
         if outcome is not body:
             # The rewritten body is plain JSON: what it was encoded with no longer applies
             # (web.Response sets Content-Length from the new body).
@@ -271,6 +274,37 @@ class Exchange:
         self.outcome.sha256 = hashlib.sha256(body).hexdigest()
         await self.finish()
         return web.Response(body=body, status=upstream.status, headers=self.headers)
+
+    async def relay_replaced(
+        self,
+        upstream: ClientResponse,
+        limit: int,
+        replace: Callable[[bytes | None], tuple[bytes, str]],
+        forward: Collection[str],
+    ) -> web.Response:
+        """The next hop's status with a body of our own: its answer is read (at most
+        ``limit`` bytes; ``replace`` gets None past it) and ``replace`` makes the body and its
+        Content-Type from it (an empty body goes without one). Of the next hop's headers,
+        only those in ``forward`` go on, less Content-Encoding (the new body is plain)."""
+        self.record.status = upstream.status
+        try:
+            body = await read_limited(upstream, limit)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("exchange %s: the answer broke off: %s", self.record.exchange_id, exc)
+            problem = Problem(self._broken_off, "the answer broke off before it could be read")
+            return await self.refuse(problem)
+        new, content_type = replace(body)
+        copy_response_headers(upstream, self.headers, forward)
+        self.headers.pop("Content-Encoding", None)
+        if new:
+            self.headers["Content-Type"] = content_type
+        else:
+            self.headers.pop("Content-Type", None)
+        self.outcome.size = len(new)
+        self.outcome.sha256 = hashlib.sha256(new).hexdigest()
+        self.outcome.problem_type = problem_type_of(content_type, new)
+        await self.finish()
+        return web.Response(body=new, status=upstream.status, headers=self.headers)
 
 
 async def read_limited(upstream: ClientResponse, limit: int) -> bytes | None:
@@ -290,8 +324,12 @@ async def read_limited(upstream: ClientResponse, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-def copy_response_headers(upstream: ClientResponse, headers: dict[str, str]) -> None:
-    for name in FORWARD_RESPONSE_HEADERS:
+def copy_response_headers(
+    upstream: ClientResponse,
+    headers: dict[str, str],
+    names: Collection[str] = FORWARD_RESPONSE_HEADERS,
+) -> None:
+    for name in names:
         value = upstream.headers.get(name)
         if value is not None:
             headers[name] = value

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qiao import __version__, problems
@@ -28,7 +32,13 @@ from qiao.ledger.cosigning import Cosigning
 from qiao.ledger.exchanges import ExchangeLedger
 from qiao.ledger.service import HubLedger, ledger_api, submissions_api
 from qiao.problems import PROBLEM_CONTENT_TYPE, Problem
-from qiao.registry.services import HubKeys, RegistryService, current_actor
+from qiao.registry.services import (
+    NODE_FETCH_HEADERS,
+    REFUSED_HEADER,
+    HubKeys,
+    RegistryService,
+    current_actor,
+)
 
 log = logging.getLogger("qiao.hub")
 
@@ -149,6 +159,9 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "serial": registry.serial()}
 
+    watcher = ConfigurationWatcher(registry, settings.configuration_poll_seconds)
+    app.state.configuration_watcher = watcher
+
     @app.get(
         "/api/v1/global-configuration",
         tags=["trust"],
@@ -161,23 +174,37 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
                     "description": "Seconds to hold the answer while the serial is the one "
                     "sent in If-None-Match (long polling)",
                     "schema": {"type": "integer", "minimum": 0, "maximum": 55, "default": 0},
-                }
+                },
+                *(
+                    {
+                        "name": h,
+                        "in": "header",
+                        "required": False,
+                        "description": "An enrolled node's signature on the fetch; without "
+                        "a valid one the answer is the public form, without agreements and "
+                        "emergencies",
+                        "schema": {"type": "string"},
+                    }
+                    for h in NODE_FETCH_HEADERS
+                ),
             ]
         },
     )
     async def global_configuration(request: Request) -> Response:
         """The signed global configuration every node fetches (cacheable by serial).
 
+        Organizations, nodes, CA certificates, revocations, the ledger key and resources are
+        public. Agreements and emergencies go only to enrolled nodes, which sign the fetch
+        with their node key (``X-Qiao-Node-*`` headers); everyone else gets the public form,
+        signed separately and marked ``"redacted": true``. Both forms share the serial, so
+        ETags and long polls work the same for both.
+
         Long polling: with ``?wait=N`` (0-55 s) and ``If-None-Match: "<serial>"`` the hub
         holds the answer until the serial changes (200) or N seconds pass (304), so a change
-        reaches every node within a second without nodes polling hard. The wait re-reads the
-        serial from the database, which replicas share, and sleeps on the event loop: a
-        waiting node holds no worker thread."""
-        import time
-
-        import anyio
-        from starlette.concurrency import run_in_threadpool
-
+        reaches every node within a second without nodes polling hard. Waiting requests sleep
+        on the hub's one ``ConfigurationWatcher``: they hold no worker thread and cost no
+        database query of their own."""
+        arrived = time.time()  # the node's signed time is checked against this
         raw = request.query_params.get("wait", "0")
         try:
             wait = int(raw)
@@ -188,17 +215,33 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
             raise Problem(problems.VALIDATION, f"wait: a whole number of seconds 0-55, not {raw!r}")
         held = request.headers.get("if-none-match")
         if wait and held is not None:
-            deadline = time.monotonic() + wait
-            while f'"{await run_in_threadpool(registry.serial)}"' == held:
-                left = deadline - time.monotonic()
-                if left <= 0 or await request.is_disconnected():
-                    break  # time is up, or the node hung up: stop reading for it
-                await anyio.sleep(min(settings.configuration_poll_seconds, left))
-        signed = await run_in_threadpool(registry.signed_global_conf)
+            serial = await watcher.serial_after(held, wait, request.is_disconnected)
+        else:
+            serial = await run_in_threadpool(registry.serial)
+        # Vary: the answer depends on who signed the request; a shared cache must not hand
+        # one node's full configuration to anyone else (RFC 9110 §12.5.5, RFC 9111 §5.2.2.7).
+        vary = {"Vary": ", ".join(NODE_FETCH_HEADERS)}
+        if held == f'"{serial}"':
+            return Response(status_code=304, headers={"ETag": held, **vary})
+        # Checked after any wait, so a certificate revoked meanwhile no longer counts.
+        reader = await run_in_threadpool(
+            lambda: registry.configuration_reader(request.headers, now=arrived)
+        )
+        signed = await run_in_threadpool(
+            lambda: registry.signed_global_conf(redacted=not reader.enrolled)
+        )
         etag = f'"{signed["document"]["serial"]}"'
         if held == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        return JSONResponse(signed, headers={"ETag": etag, "Cache-Control": "no-cache"})
+            return Response(status_code=304, headers={"ETag": etag, **vary})
+        headers = {
+            "ETag": etag,
+            "Cache-Control": "private, no-cache" if reader.enrolled else "no-cache",
+            **vary,
+        }
+        if reader.refused:
+            log.warning("configuration fetch as node, answered in public form: %s", reader.refused)
+            headers[REFUSED_HEADER] = reader.refused
+        return JSONResponse(signed, headers=headers)
 
     @app.post("/api/v1/enroll", tags=["trust"], status_code=201)
     def enroll(body: EnrollIn) -> dict[str, Any]:
@@ -324,6 +367,94 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     return app
 
 
+class ConfigurationWatcher:
+    """One reader of the configuration serial per hub process, however many nodes wait.
+
+    While anyone long-polls, a single task reads the serial from the database every
+    ``interval`` seconds and wakes the waiters after each read; each waiter then checks the
+    serial against its own ETag. Reading the database rather than listening for this
+    process's own changes keeps it right with several hub replicas on one database. The task
+    starts with the first waiter and ends when the last one leaves."""
+
+    def __init__(self, registry: RegistryService, interval: float) -> None:
+        self._registry = registry
+        self._interval = interval
+        self._watch: _Watch | None = None
+
+    def _current(self) -> _Watch:
+        loop = asyncio.get_running_loop()
+        # Events and tasks belong to one event loop. A hub process serves on one, but a test
+        # client may run each request on its own: start afresh for a new loop.
+        if self._watch is None or self._watch.loop is not loop:
+            self._watch = _Watch(loop)
+        return self._watch
+
+    async def serial_after(
+        self, held: str, wait: float, gone: Callable[[], Awaitable[bool]]
+    ) -> int | None:
+        """Wait up to ``wait`` seconds while the serial is the one in the ETag ``held``, or
+        until ``gone()`` says the caller hung up; returns the serial last read (None if none
+        could be read)."""
+        w = self._current()
+        try:
+            holds = int(held.strip('"'))
+        except ValueError:
+            return w.serial  # not one of our ETags: nothing to wait for
+        # Serials only grow: an ETag older than the last read is answered at once. A newer
+        # one means the last read is out of date (the watcher was idle): wait for the next.
+        if w.serial is not None and holds < w.serial:
+            return w.serial
+        deadline = w.loop.time() + wait
+        w.waiting += 1
+        if w.task is None:
+            w.task = w.loop.create_task(self._run(w))
+        try:
+            while True:
+                read = w.read
+                left = deadline - w.loop.time()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(read.wait(), left)
+                except TimeoutError:
+                    break
+                if w.serial != holds or await gone():
+                    break
+        finally:
+            w.waiting -= 1
+        return w.serial
+
+    async def _run(self, w: _Watch) -> None:
+        failing = False
+        try:
+            while w.waiting:
+                try:
+                    w.serial = await run_in_threadpool(self._registry.serial)
+                    failing = False
+                except Exception:  # the database may come back; waiters time out meanwhile
+                    if not failing:
+                        log.exception("reading the configuration serial failed")
+                    failing = True
+                else:
+                    woken, w.read = w.read, asyncio.Event()
+                    woken.set()
+                await asyncio.sleep(self._interval)
+        finally:
+            # Nobody waits: what was read goes out of date from now on.
+            w.task, w.serial = None, None
+
+
+@dataclass
+class _Watch:
+    """The watcher's state on one event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    read: asyncio.Event = field(default_factory=asyncio.Event)  # set after each read
+    serial: int | None = None
+    waiting: int = 0
+    task: asyncio.Task[None] | None = None
+
+
 def _flag_emergency_accesses(ledger: HubLedger, registry: RegistryService) -> None:
     """Every exchange a node reports as admitted under an emergency goes on that emergency's
     review list (docs/agreements.md, "Emergency mode")."""
@@ -334,16 +465,28 @@ def _flag_emergency_accesses(ledger: HubLedger, registry: RegistryService) -> No
     emergencies = EmergencyService(registry)
 
     def note(node: str, _org: str, record: dict[str, Any], index: int) -> None:
-        emergencies.note_access(
-            str(record["emergency"]),
-            exchange_id=str(record["exchange_id"]),
-            node=node,
-            ledger_index=index,
-            provider_org=str(record["provider_org"]),
-            resource=str(record["resource"]),
-            client=str(record["client"]),
-            at=datetime.fromisoformat(str(record["started_at"])),
-        )
+        # The entries are already appended: a record naming an unknown emergency must not fail
+        # the submission (the node would resend the same batch for ever). It stays on the
+        # ledger, flagged there by its "emergency" field; the operator sees the error here.
+        try:
+            emergencies.note_access(
+                str(record["emergency"]),
+                exchange_id=str(record["exchange_id"]),
+                node=node,
+                ledger_index=index,
+                provider_org=str(record["provider_org"]),
+                resource=str(record["resource"]),
+                client=str(record["client"]),
+                at=datetime.fromisoformat(str(record["started_at"])),
+            )
+        except (Problem, ValueError) as exc:
+            log.error(
+                "ledger entry %d (node %s) names emergency %r, which cannot be flagged: %s",
+                index,
+                node,
+                record.get("emergency"),
+                exc,
+            )
 
     ledger.exchanges.on_emergency_access = note
 

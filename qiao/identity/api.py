@@ -244,9 +244,15 @@ def install(app: FastAPI, registry: RegistryService, settings: HubSettings) -> N
         return JSONResponse({"recovery_codes": codes}, headers={"Cache-Control": "no-store"})
 
     @app.put("/api/v1/me/password", tags=TAGS, status_code=204)
-    def change_password(body: PasswordBody, who: Principal = Depends(signed_in_user)) -> Response:
-        """Change one's own password (the current one is asked again)."""
-        identity.change_password(identity.user_id(_username(who)), body.current, body.new)
+    def change_password(
+        request: Request, body: PasswordBody, who: Principal = Depends(signed_in_user)
+    ) -> Response:
+        """Change one's own password (the current one is asked again). Every other session
+        of the user ends; this one stays."""
+        current = identity.session_info(request.cookies[sessions.COOKIE])[1].id
+        identity.change_password(
+            identity.user_id(_username(who)), body.current, body.new, keep_session=current
+        )
         return Response(status_code=204)
 
     readers = Depends(require(Role.ORG_ADMIN, Role.AUDITOR))

@@ -68,6 +68,7 @@ from qiao.identity.oidc_models import (
     OidcRefreshToken,
 )
 from qiao.identity.roles import Principal, Role
+from qiao.identity.service import MFA_ROLES, SECOND_FACTORS
 from qiao.problems import Problem
 from qiao.registry.models import AdminEvent
 from qiao.registry.services import RegistryService, current_actor
@@ -166,8 +167,9 @@ class Code:
 class Refresh:
     """A refresh token row, as Authlib's refresh grant expects."""
 
-    def __init__(self, row: OidcRefreshToken) -> None:
+    def __init__(self, row: OidcRefreshToken, claims: dict[str, Any]) -> None:
         self.row = row
+        self.claims = claims  # as the user stands now (``OidcProvider.current_claims``)
 
     def check_client(self, client: Client) -> bool:
         return self.row.client_id == client.get_client_id()
@@ -232,6 +234,22 @@ class OidcProvider:
     @property
     def issuer(self) -> str:
         return self.settings.public_url
+
+    def current_claims(self, claims: dict[str, Any]) -> dict[str, Any] | None:
+        """The claims of a refresh: what was true at sign-in (names, amr, auth_time) with
+        the organization and roles the user holds now; None when the user has since been
+        disabled or removed. Roles that need a second factor stay withheld when the sign-in
+        had none, as for hub sessions."""
+        state = getattr(self.identity, "user_state", None)
+        if not callable(state):
+            return claims
+        user = state(str(claims.get("preferred_username", "")))
+        if user is None or user.disabled:
+            return None
+        roles = set(user.roles)
+        if not any(a in SECOND_FACTORS for a in claims.get("amr", ())):
+            roles -= MFA_ROLES
+        return {**claims, "org": user.org or "", "roles": sorted(r.value for r in roles)}
 
     def url(self, path: str) -> str:
         return self.issuer + path
@@ -575,10 +593,15 @@ class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
                 return None
             if row.expires_at <= utcnow():
                 return None
-            return Refresh(row)
+            claims = self.provider.current_claims(json.loads(row.claims))
+            if claims is None:
+                # Disabled or removed since sign-in: no more tokens for this authorization.
+                self.provider.revoke_family(s, row.family, "user disabled")
+                return None
+            return Refresh(row, claims)
 
     def authenticate_user(self, refresh_token: Refresh) -> SignedInUser:
-        return SignedInUser(refresh_token.row.subject, json.loads(refresh_token.row.claims))
+        return SignedInUser(refresh_token.row.subject, refresh_token.claims)
 
     def revoke_old_credential(self, refresh_token: Refresh) -> None:
         return None  # marked used when it was claimed

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, case, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -407,9 +409,13 @@ class IdentityService:
                 # Sessions carry the roles read at each request, so a removal is immediate.
             return _view(user)
 
-    def change_password(self, user_id: int, current: str, new: str) -> None:
-        """The user changes their own password. Other sessions stay open for now (ending
-        them needs the current session passed in; see issue 6's closing note)."""
+    def change_password(
+        self, user_id: int, current: str, new: str, *, keep_session: int | None = None
+    ) -> int:
+        """The user changes their own password. Every other session of theirs ends (OWASP
+        Session Management: renew sessions on a credential change — a password changed
+        because it leaked must also end the thief's session); ``keep_session`` (the one the
+        change was made in) stays. Returns how many sessions ended."""
         with self._sessions.begin() as s:
             user = s.get(User, user_id, with_for_update=True)
             if user is None or not self.hashing.verify(user.password_hash, current):
@@ -417,7 +423,11 @@ class IdentityService:
             self._check_password(new, user.username)
             user.password_hash = self.hashing.hash(new)
             user.password_changed_at = self.clock()
-            self._event(s, "user.password", f"user:{user.username}", user=user.username)
+            ended = self._end_sessions(s, user.id, keep=keep_session)
+            self._event(
+                s, "user.password", f"user:{user.username}", user=user.username, ended=ended
+            )
+        return ended
 
     # --- throttling ---------------------------------------------------------------------------
     def _keys(self, username: str, address: str) -> list[str]:
@@ -433,53 +443,91 @@ class IdentityService:
         ]
         return max(waits) if waits else None
 
-    def _count_failure(self, keys: list[str], now: datetime) -> int | None:
-        """Count one failure against each key; the wait now in force, if any."""
+    def _count_attempt(self, keys: list[str], now: datetime) -> tuple[int | None, bool]:
+        """Count this sign-in attempt as a failure against each key *before* the password is
+        checked, and say (the wait now in force, whether the attempt may go on). Counting
+        first is what bounds guessing: each attempt takes its number from one atomic
+        ``UPDATE … RETURNING`` (no read-modify-write, which SQLite could interleave), so no
+        more than ``sign_in_max_failures`` attempts per window ever reach the password check,
+        however many run in parallel. A right password gives its count back (``_forgive``)."""
         st = self.settings
-        window = timedelta(seconds=st.sign_in_failure_window_seconds)
+        cutoff = now - timedelta(seconds=st.sign_in_failure_window_seconds)
         wait: int | None = None
+        go_on = True
+        t = SignInFailures
         for key in keys:
-            for attempt in range(3):
-                try:
-                    with self._sessions.begin() as s:
-                        row = s.get(SignInFailures, key, with_for_update=True)
-                        if row is None:
-                            row = SignInFailures(key=key, failures=0, last_failure_at=now)
-                            s.add(row)
-                        elif now - row.last_failure_at > window and (
-                            row.locked_until is None or row.locked_until <= now
-                        ):
-                            row.failures = 0  # quiet for a whole window: start over
-                        row.failures += 1
-                        row.last_failure_at = now
-                        over = row.failures - st.sign_in_max_failures
-                        if over >= 0:
-                            # Exponential back-off: 1x, 2x, 4x ... the base, up to the cap.
-                            seconds = min(
-                                st.sign_in_lockout_seconds * 2 ** min(over, 20),
-                                st.sign_in_lockout_max_seconds,
-                            )
-                            row.locked_until = now + timedelta(seconds=seconds)
-                            wait = max(wait or 0, seconds)
-                            self._event(
-                                s,
-                                "session.lockout",
-                                "hub:throttle",
-                                key=key,
-                                failures=row.failures,
-                                seconds=seconds,
-                            )
-                    break
-                except IntegrityError:  # another replica inserted the row first
-                    if attempt == 2:
-                        raise
-        return wait
+            with self._sessions.begin() as s:
+                dialect = s.get_bind().dialect.name
+                ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(t)
+                ins = ins.values(key=key, failures=1, last_failure_at=now)
+                # Quiet for a whole window (and not locked): start over at 1.
+                fresh = and_(
+                    t.last_failure_at < cutoff, or_(t.locked_until.is_(None), t.locked_until <= now)
+                )
+                # One statement: insert the first failure or count the next one, atomically.
+                row = s.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=["key"],
+                        set_={
+                            "failures": case((fresh, 1), else_=t.failures + 1),
+                            "last_failure_at": now,
+                        },
+                    ).returning(t.failures, t.locked_until)
+                ).one()
+                failures, locked_until = row.failures, row.locked_until
+                # Within the allowance, or the first attempt after a lockout ended (the row
+                # stays locked by this transaction until it sets the next, longer lockout):
+                # checked. Otherwise the allowance is used up: not checked at all.
+                lock_ended = locked_until is not None and locked_until <= now
+                if failures > st.sign_in_max_failures and not lock_ended:
+                    go_on = False
+                over = failures - st.sign_in_max_failures
+                if over >= 0:
+                    # Exponential back-off: 1x, 2x, 4x ... the base, up to the cap.
+                    seconds = min(
+                        st.sign_in_lockout_seconds * 2 ** min(over, 20),
+                        st.sign_in_lockout_max_seconds,
+                    )
+                    s.execute(
+                        update(t)
+                        .where(t.key == key)
+                        .values(locked_until=now + timedelta(seconds=seconds))
+                        .execution_options(synchronize_session=False)
+                    )
+                    wait = max(wait or 0, seconds)
+                    self._event(
+                        s,
+                        "session.lockout",
+                        "hub:throttle",
+                        key=key,
+                        failures=failures,
+                        seconds=seconds,
+                    )
+        return wait, go_on
 
-    def _clear_failures(self, key: str) -> None:
+    def _forgive(self, keys: list[str], *, signed_in: bool = True) -> None:
+        """The password was right: each key gives back the one count this attempt took
+        (others' failures from the same address still stand). A completed sign-in also
+        clears the name's record."""
+        st = self.settings
+        t = SignInFailures
         with self._sessions.begin() as s:
-            row = s.get(SignInFailures, key)
-            if row is not None:
-                s.delete(row)
+            for key in keys:
+                if signed_in and key == keys[0]:
+                    s.execute(delete(t).where(t.key == key))
+                    continue
+                s.execute(
+                    update(t)
+                    .where(t.key == key, t.failures > 0)
+                    .values(failures=t.failures - 1)
+                    .execution_options(synchronize_session=False)
+                )
+                s.execute(
+                    update(t)
+                    .where(t.key == key, t.failures < st.sign_in_max_failures)
+                    .values(locked_until=None)
+                    .execution_options(synchronize_session=False)
+                )
 
     # --- sign-in ----------------------------------------------------------------------------
     def sign_in(
@@ -509,6 +557,13 @@ class IdentityService:
                     s, "session.sign-in-refused", actor, address=client_address, reason="locked"
                 )
             raise SignInRefused(locked)
+        wait, go_on = self._count_attempt(keys, now)
+        if not go_on:
+            with self._sessions.begin() as s:
+                self._event(
+                    s, "session.sign-in-refused", actor, address=client_address, reason="locked"
+                )
+            raise SignInRefused(wait)
         with self._sessions() as s:
             user = s.scalars(select(User).where(User.username == name)).first()
             stored = user.password_hash if user is not None else None
@@ -523,10 +578,11 @@ class IdentityService:
         elif user.source != "local":
             reason = f"signs in through {user.source}"
         if reason is not None or user is None:
-            self._refuse(keys, now, actor, client_address, reason or "unknown user")
+            self._refuse(wait, actor, client_address, reason or "unknown user")
         amr: tuple[str, ...] = ("pwd",)
         if user.totp_confirmed_at is not None:
             if not otp and not recovery_code:
+                self._forgive(keys, signed_in=False)  # a right password is no failure
                 raise SecondFactorNeeded()
             factor_ok = (
                 self._use_totp(user.id, otp, now)
@@ -535,9 +591,9 @@ class IdentityService:
             )
             if not factor_ok:
                 what = "wrong or replayed TOTP code" if otp else "wrong or used recovery code"
-                self._refuse(keys, now, actor, client_address, what)
+                self._refuse(wait, actor, client_address, what)
             amr = ("pwd", "otp")
-        self._clear_failures(keys[0])
+        self._forgive(keys)
         with self._sessions.begin() as s:
             row = s.get(User, user.id, with_for_update=True)
             assert row is not None
@@ -552,10 +608,8 @@ class IdentityService:
         )
         return SignIn(token, csrf, view, amr, view.needs_mfa and not view.mfa_enrolled)
 
-    def _refuse(
-        self, keys: list[str], now: datetime, actor: str, address: str, why: str
-    ) -> NoReturn:
-        wait = self._count_failure(keys, now)
+    def _refuse(self, wait: int | None, actor: str, address: str, why: str) -> NoReturn:
+        # The attempt was counted before it was checked (``_count_attempt``).
         with self._sessions.begin() as s:
             self._event(s, "session.sign-in-failed", actor, address=address, reason=why)
         log.info("sign-in refused for %s from %s: %s", actor, address, why)
@@ -563,14 +617,13 @@ class IdentityService:
 
     def _use_totp(self, user_id: int, code: str | None, now: datetime) -> bool:
         with self._sessions.begin() as s:
-            user = s.get(User, user_id, with_for_update=True)
+            user = s.get(User, user_id)
             if user is None or not user.totp_secret or not code:
                 return False
             step = mfa.matching_step(user.totp_secret, code, now, user.totp_last_step)
             if step is None:
                 return False
-            user.totp_last_step = step
-            return True
+            return _advance_totp(s, user_id, step)
 
     def _use_recovery_code(self, user_id: int, code: str, now: datetime, actor: str) -> bool:
         digest = mfa.recovery_code_digest(code)
@@ -785,6 +838,14 @@ class IdentityService:
                 row.ended_at = self.clock()
                 self._event(s, "session.sign-out", f"user:{user.username}", session=row.id)
 
+    def user_state(self, username: str) -> UserView | None:
+        """The user as they stand now (None if there is no such user): for credentials
+        issued earlier, such as OIDC refresh tokens, that must follow a disable or a role
+        change instead of repeating what was true at sign-in."""
+        with self._sessions() as s:
+            row = s.scalars(select(User).where(User.username == username.lower())).first()
+            return _view(row) if row is not None else None
+
     def user_id(self, username: str) -> int:
         with self._sessions() as s:
             return self._user(s, username).id
@@ -819,11 +880,10 @@ class IdentityService:
             if not user.totp_secret:
                 raise Problem(problems.VALIDATION, "start the enrollment first")
             step = mfa.matching_step(user.totp_secret, code, now, user.totp_last_step)
-            if step is None:
+            if step is None or not _advance_totp(s, user.id, step):
                 self._event(s, "mfa.totp.confirm-failed", f"user:{user.username}")
                 s.commit()
                 raise Problem(problems.SIGN_IN_FAILED, "the code is not right; try the next one")
-            user.totp_last_step = step
             user.totp_confirmed_at = now
             codes = self._replace_recovery_codes(s, user)
             if session_token:
@@ -941,11 +1001,10 @@ class IdentityService:
                 if other.totp_secret and other.totp_confirmed_at
                 else None
             )
-            if step is None:
+            if step is None or not _advance_totp(s, other.id, step):
                 self._event(s, "mfa.reset.approval-failed", requested_by.subject, user=username)
                 s.commit()
                 raise Problem(problems.SIGN_IN_FAILED, f"{approver}'s code is not right")
-            other.totp_last_step = step
             self._reset(s, user, requested_by.subject, who.subject)
 
     # --- delegation to an external identity provider (qiao.identity.federation) --------------
@@ -1032,3 +1091,17 @@ __all__ = [
     "SignInRefused",
     "UserView",
 ]
+
+
+def _advance_totp(s: Session, user_id: int, step: int) -> bool:
+    """Record ``step`` as the user's last used TOTP step, if it is later than the last one.
+
+    RFC 6238 §5.2: a code is accepted once. A conditional update rather than a row lock (SQLite
+    has none): of two requests racing with the same code, only one moves the step forward, and
+    only that one may accept it."""
+    moved = s.execute(
+        update(User)
+        .where(User.id == user_id, User.totp_last_step < step)
+        .values(totp_last_step=step)
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(moved == 1)

@@ -29,7 +29,7 @@ from qiao.globalconf import GlobalConf
 from qiao.ledger import note
 from qiao.ledger.submit import LedgerSubmitter
 from qiao.ledger.witness import Witness, witness_routes
-from qiao.node.confcache import ConfigurationCache, fetch_loop, fetch_once
+from qiao.node.confcache import ConfigurationCache, NodeCredentials, fetch_loop, fetch_once
 from qiao.node.identity import WITNESS_KEY_FILE, NodeIdentity, load_witness
 from qiao.problems import Problem
 
@@ -162,8 +162,16 @@ class Node:
     async def start(self) -> None:
         s = self.settings
         self.hub_session = aiohttp.ClientSession()
+        # Every fetch is signed with the node key: the hub sends agreements and emergencies
+        # only to enrolled nodes (docs/operations.md).
+        credentials = NodeCredentials.of(self.identity)
         # One fetch before serving, so a fresh node does not refuse its first calls.
-        await fetch_once(self.conf, f"{s.hub_url}/api/v1/global-configuration", self.hub_session)
+        await fetch_once(
+            self.conf,
+            f"{s.hub_url}/api/v1/global-configuration",
+            self.hub_session,
+            credentials=credentials,
+        )
         await self.consumer.start()
         await self.provider.start()
         ssl_server = pki.server_context(
@@ -185,6 +193,7 @@ class Node:
                     s.config_refresh_seconds,
                     self.hub_session,
                     wait=s.config_wait_seconds,
+                    credentials=credentials,
                 )
             )
         )

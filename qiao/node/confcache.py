@@ -3,8 +3,9 @@
 The node fetches the configuration from the hub, verifies the hub's signature, and keeps the
 last good one on disk. It keeps serving on that copy while the hub is unreachable, until
 ``grace`` seconds have passed since the hub was last reached; health says how long is left.
-A configuration with a bad signature, from another instance, or older than the one held is
-refused and the last good one kept.
+A configuration with a bad signature, from another instance, older than the one held, or the
+public form without agreements (what the hub sends when it does not accept the node's
+signature on the fetch) is refused and the last good one kept.
 """
 
 from __future__ import annotations
@@ -15,19 +16,43 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from qiao import problems, signing
+from qiao import pki, problems, signing
 from qiao.globalconf import KIND, GlobalConf
+from qiao.node.identity import NodeIdentity
 from qiao.problems import Problem, ProblemType
+from qiao.registry.services import REFUSED_HEADER, sign_configuration_fetch
 
 log = logging.getLogger("qiao.node.configuration")
 CACHE_FILE = "global-configuration.json"
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """What a node signs its configuration fetches with, so that the hub sends it the full
+    configuration, agreements and emergencies included (``sign_configuration_fetch``)."""
+
+    node: str
+    fingerprint: str  # SHA-256 of the node's certificate, hex
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def of(cls, identity: NodeIdentity) -> NodeCredentials:
+        key = pki.load_key_pem(identity.key_file.read_bytes())
+        return cls(identity.name, identity.fingerprint, key)
+
+    def headers(self) -> dict[str, str]:
+        """Fresh headers for one fetch: the hub accepts a signed time within 300 s."""
+        return sign_configuration_fetch(self.key, self.node, self.fingerprint, int(self.clock()))
 
 
 class ConfigurationCache:
@@ -177,6 +202,7 @@ async def fetch_loop(
     wait: float = 25.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
+    credentials: NodeCredentials | None = None,
 ) -> None:
     """Keep the configuration current until cancelled.
 
@@ -186,12 +212,14 @@ async def fetch_loop(
     answers 304 at once; the loop notices the early answer and falls back to fetching every
     ``interval`` seconds. After a failure it waits 1 s, doubling up to ``interval``, so a
     hub coming back is not met by every node at once while an outage costs little delay;
-    the grace period runs on meanwhile (``ConfigurationCache.remaining``)."""
+    the grace period runs on meanwhile (``ConfigurationCache.remaining``). Each fetch is
+    signed with ``credentials``; without them the hub sends only the public form, which the
+    cache refuses."""
     url = f"{hub_url}/api/v1/global-configuration"
     backoff = 1.0
     while True:
         started = clock()
-        outcome = await fetch_once(cache, url, session, wait=wait)
+        outcome = await fetch_once(cache, url, session, wait=wait, credentials=credentials)
         if outcome is Fetched.FAILED:
             await sleep(min(backoff, interval))
             backoff = min(backoff * 2, interval)
@@ -204,12 +232,19 @@ async def fetch_loop(
 
 
 async def fetch_once(
-    cache: ConfigurationCache, url: str, session: aiohttp.ClientSession, *, wait: float = 0
+    cache: ConfigurationCache,
+    url: str,
+    session: aiohttp.ClientSession,
+    *,
+    wait: float = 0,
+    credentials: NodeCredentials | None = None,
 ) -> Fetched:
-    """Fetch the configuration once; with ``wait``, let the hub hold the answer that long
-    while the serial is the one this node holds."""
+    """Fetch the configuration once, signed with ``credentials``; with ``wait``, let the hub
+    hold the answer that long while the serial is the one this node holds."""
     held = cache.current.serial if cache.current else None
-    headers = {"If-None-Match": f'"{held}"'} if held is not None else {}
+    headers = credentials.headers() if credentials is not None else {}
+    if held is not None:
+        headers["If-None-Match"] = f'"{held}"'
     params = {"wait": str(int(wait))} if wait >= 1 and held is not None else {}
     # The hub holds a long poll for up to ``wait`` seconds; allow that plus the usual 10 s.
     timeout = aiohttp.ClientTimeout(total=10 + (int(wait) if params else 0))
@@ -222,11 +257,15 @@ async def fetch_once(
                 cache.last_error = f"hub answered {r.status} for the configuration"
                 return Fetched.FAILED
             envelope = await r.json(content_type=None)
+            # Why the hub did not take this node's signature, if it says (qiao.hub.app).
+            refused = r.headers.get(REFUSED_HEADER, "")
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         cache.last_error = f"hub unreachable: {exc.__class__.__name__}: {exc}"
         return Fetched.FAILED
     try:
         conf = cache.accept(envelope)
     except ValueError:
+        if refused:
+            cache.last_error += f" (the hub says: {refused})"
         return Fetched.FAILED
     return Fetched.UNCHANGED if conf.serial == held else Fetched.CHANGED

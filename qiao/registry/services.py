@@ -6,6 +6,8 @@ configuration; nodes notice the new serial on their next fetch.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import getpass
 import hashlib
@@ -13,7 +15,7 @@ import importlib
 import json
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -23,6 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
@@ -85,6 +90,70 @@ def check_uscc(code: str) -> str:
         return validate_uscc(code)
     except InvalidCode as exc:
         raise Problem(problems.INVALID_USCC, f"{code!r}: {exc}") from exc
+
+
+# --- who reads the global configuration ------------------------------------------------------
+# Agreements (parties, purposes, fields, apps) and emergency reasons are for the exchange's
+# enrolled nodes only; everything else in the configuration is public (docs/operations.md,
+# "The global configuration and its grace period"). A node proves it is one by signing each
+# fetch with its node key, the ECDSA P-256 key its hub-issued certificate certifies, as it
+# signs its ledger submissions (qiao.ledger.exchanges).
+FETCH_CONTEXT = "qiao-configuration-fetch/1"
+NODE_HEADER = "X-Qiao-Node"
+NODE_CERTIFICATE_HEADER = "X-Qiao-Node-Certificate"
+NODE_TIME_HEADER = "X-Qiao-Node-Time"
+NODE_SIGNATURE_HEADER = "X-Qiao-Node-Signature"
+NODE_FETCH_HEADERS = (NODE_HEADER, NODE_CERTIFICATE_HEADER, NODE_TIME_HEADER, NODE_SIGNATURE_HEADER)
+# The hub's answer to a fetch signed as a node that it did not accept says why in this header
+# (the node shows it in ``last_error``); the answer itself is the public form.
+REFUSED_HEADER = "X-Qiao-Node-Refused"
+# How far a node's clock may be from the hub's. The signature covers the time, so a captured
+# set of headers opens the full configuration for at most this long.
+FETCH_CLOCK_SKEW_SECONDS = 300
+# The sections of the configuration only enrolled nodes receive.
+PRIVATE_SECTIONS = ("agreements", "emergencies")
+
+
+def configuration_fetch_message(node: str, at: int) -> bytes:
+    """What a node signs to fetch the full configuration: the context line keeps the
+    signature from being mistaken for any other the node key makes (e.g. a ledger batch)."""
+    return f"{FETCH_CONTEXT}\n{node}\n{at}\n".encode()
+
+
+def sign_configuration_fetch(
+    key: ec.EllipticCurvePrivateKey, node: str, fingerprint: str, at: int
+) -> dict[str, str]:
+    """The request headers with which node ``node`` fetches the full configuration at unix
+    time ``at`` (ECDSA-SHA256, FIPS 186-5, DER signature in base64)."""
+    signature = key.sign(configuration_fetch_message(node, at), ec.ECDSA(hashes.SHA256()))
+    return {
+        NODE_HEADER: node,
+        NODE_CERTIFICATE_HEADER: fingerprint,
+        NODE_TIME_HEADER: str(at),
+        NODE_SIGNATURE_HEADER: base64.b64encode(signature).decode(),
+    }
+
+
+def redact_global_conf(doc: dict[str, Any]) -> dict[str, Any]:
+    """The public form of a configuration document: the same serial, without the sections
+    only enrolled nodes may read, and saying so, so that no node mistakes it for the full
+    one (``GlobalConf.compile`` refuses it)."""
+    public = {k: v for k, v in doc.items() if k not in PRIVATE_SECTIONS}
+    public["redacted"] = True
+    return public
+
+
+@dataclass(frozen=True)
+class ConfigurationReader:
+    """Who fetches the configuration: an enrolled node (``node``), or the public."""
+
+    node: str = ""
+    # Why a caller that sent node headers was not taken for that node, for its operator.
+    refused: str = ""
+
+    @property
+    def enrolled(self) -> bool:
+        return bool(self.node)
 
 
 def default_log_origin(instance: str) -> str:
@@ -158,7 +227,8 @@ class RegistryService:
         self._token_ttl = token_ttl
         self._certificate_days = certificate_days
         self._signed_lock = threading.Lock()
-        self._signed: tuple[int, dict[str, Any]] | None = None
+        # (serial, full signed form, redacted signed form)
+        self._signed: tuple[int, dict[str, Any], dict[str, Any]] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -545,8 +615,9 @@ class RegistryService:
             for key, spec in specs.items()
         }
 
-    def signed_global_conf(self) -> dict[str, Any]:
-        """The current signed configuration, re-signed only when the serial changes."""
+    def signed_global_conf(self, *, redacted: bool = False) -> dict[str, Any]:
+        """The current signed configuration, the full form for enrolled nodes or the public
+        (``redacted``) one; both are built and signed once per serial."""
         serial = self.serial()
         with self._signed_lock:
             if self._signed is None or self._signed[0] != serial:
@@ -554,8 +625,64 @@ class RegistryService:
                 self._signed = (
                     doc["serial"],
                     signing.sign_document(self.keys.conf_key, doc, kind=KIND),
+                    signing.sign_document(self.keys.conf_key, redact_global_conf(doc), kind=KIND),
                 )
-            return self._signed[1]
+            return self._signed[2] if redacted else self._signed[1]
+
+    def configuration_reader(
+        self, headers: Mapping[str, str], *, now: float
+    ) -> ConfigurationReader:
+        """Check a configuration fetch's node signature (``sign_configuration_fetch``).
+
+        The node must name one of its own certificates, neither revoked nor expired, sign
+        with that certificate's key, and sign a time within ``FETCH_CLOCK_SKEW_SECONDS`` of
+        ``now`` (the hub's clock when the request arrived). Anything less is the public:
+        the public part of the configuration stays public, so a failure is not an error."""
+        values = {h: headers.get(h, "") for h in NODE_FETCH_HEADERS}
+        if not any(values.values()):
+            return ConfigurationReader()
+        missing = [h for h, v in values.items() if not v]
+        if missing:
+            return ConfigurationReader(refused=f"missing {', '.join(missing)}")
+        node, fingerprint = values[NODE_HEADER], values[NODE_CERTIFICATE_HEADER].lower()
+        try:
+            at = int(values[NODE_TIME_HEADER])
+            signature = base64.b64decode(values[NODE_SIGNATURE_HEADER], validate=True)
+        except (ValueError, binascii.Error):
+            return ConfigurationReader(
+                refused=f"{NODE_TIME_HEADER} must be unix seconds and "
+                f"{NODE_SIGNATURE_HEADER} base64"
+            )
+        if abs(now - at) > FETCH_CLOCK_SKEW_SECONDS:
+            way = "behind" if at < now else "ahead of"
+            return ConfigurationReader(
+                refused=f"the node's clock is {abs(now - at):.0f} s {way} the hub's; "
+                f"at most {FETCH_CLOCK_SKEW_SECONDS} s either way"
+            )
+        with self._sessions() as s:
+            row = s.execute(
+                select(Certificate.pem, Certificate.revoked_at, Certificate.not_after)
+                .join(Node, Node.id == Certificate.node_id)
+                .where(Node.name == node, Certificate.fingerprint == fingerprint)
+            ).one_or_none()
+        if row is None:
+            return ConfigurationReader(
+                refused=f"no certificate {fingerprint[:16]}... of node {node}"
+            )
+        if row.revoked_at is not None:
+            return ConfigurationReader(refused=f"node {node}'s certificate is revoked")
+        if row.not_after.timestamp() < now:
+            return ConfigurationReader(refused=f"node {node}'s certificate has expired")
+        public_key = x509.load_pem_x509_certificate(row.pem.encode()).public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            return ConfigurationReader(refused=f"node {node}'s certificate has no EC key")
+        try:
+            public_key.verify(
+                signature, configuration_fetch_message(node, at), ec.ECDSA(hashes.SHA256())
+            )
+        except InvalidSignature:
+            return ConfigurationReader(refused="the node signature does not verify")
+        return ConfigurationReader(node=node)
 
 
 def _address_host(address: str) -> str:

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,9 @@ def test_apply_approve_and_fetch_the_signed_agreement(hub: Hub) -> None:
     assert hub.client.get("/api/v1/agreements", headers=foreign).json() == []
     _problem(hub.client.get(f"/api/v1/agreements/{agr['id']}", headers=foreign), 403, "forbidden")
 
-    # The signed global configuration carries it, verifiable with the keys it publishes.
-    conf = hub.client.get("/api/v1/global-configuration").json()
-    body = conf["document"]
+    # The signed global configuration carries it (in the full form the enrolled nodes fetch),
+    # verifiable with the keys it publishes.
+    body = hub.registry.signed_global_conf()["document"]
     assert body["serial"] > serial
     [entry] = body["agreements"]
     keys = {
@@ -316,3 +316,66 @@ def test_unknown_ids_and_anonymous_callers(hub: Hub) -> None:
     r = hub.client.get("/openapi.json").json()
     summary = r["paths"]["/api/v1/requests/{request_id}/approve"]["post"]["summary"]
     assert "Approve" in summary
+
+
+def test_the_platform_administrator_does_not_sign_for_the_departments(hub: Hub) -> None:
+    platform = hub.token(None)
+    body = {"provider": POLICE, "resource": CONDITIONAL, **application().model_dump(mode="json")}
+    p = _problem(hub.client.post("/api/v1/requests", json=body, headers=platform), 403, "forbidden")
+    assert "consuming organization" in p["detail"]
+    # The consumer= override is gone: a person applies for their own organization.
+    own = hub.token(MARKET, Role.APP_DEVELOPER)
+    r = hub.client.post("/api/v1/requests", json={**body, "consumer": MARKET}, headers=own)
+    _problem(r, 422, "validation")
+    r = hub.client.post(
+        f"/api/v1/resources/{POLICE}/{UNCONDITIONAL}/subscribe",
+        json={"purposes": ["road-safety"]},
+        headers=platform,
+    )
+    _problem(r, 403, "forbidden")
+    req = _apply(hub)
+    for action, payload in (("approve", {}), ("refuse", {"reason": "不同意"})):
+        r = hub.client.post(
+            f"/api/v1/requests/{req['id']}/{action}", json=payload, headers=platform
+        )
+        assert POLICE in _problem(r, 403, "forbidden")["detail"]
+    approver = hub.token(POLICE, Role.APPROVER)
+    shown = hub.client.get(f"/api/v1/requests/{req['id']}", headers=approver).json()
+    assert shown["status"] == "submitted"
+    # The provider's approver decides; the platform may still suspend, never renew.
+    agr = hub.client.post(f"/api/v1/requests/{req['id']}/approve", headers=approver).json()
+    url = f"/api/v1/agreements/{agr['agreement']['id']}"
+    _problem(hub.client.post(f"{url}/renew", json={}, headers=platform), 403, "forbidden")
+    r = hub.client.post(f"{url}/suspend", json={"reason": "安全事件"}, headers=platform)
+    assert r.status_code == 200 and r.json()["state"] == "suspended"
+
+
+def test_fields_and_masks_name_items_and_renewals_last_no_longer(hub: Hub) -> None:
+    developer = hub.token(MARKET, Role.APP_DEVELOPER)
+    body = {
+        "provider": POLICE,
+        "resource": CONDITIONAL,
+        **application(fields=["plate", "driver_mobile[]"]).model_dump(mode="json"),
+    }
+    r = hub.client.post("/api/v1/requests", json=body, headers=developer)
+    p = _problem(r, 422, "validation")
+    assert "'driver_mobile[]'" in p["detail"] and p["field"] == "driver_mobile[]"
+    assert "driver_mobile" in p["allowed"]
+    req = _apply(hub)
+    approver = hub.token(POLICE, Role.APPROVER)
+    url = f"/api/v1/requests/{req['id']}/approve"
+    r = hub.client.post(
+        url, json={"masking": {"driver_mobile[]": {"rule": "suppress"}}}, headers=approver
+    )
+    assert "'driver_mobile[]'" in _problem(r, 422, "validation")["detail"]
+    agr = hub.client.post(url, json={"valid_days": 90}, headers=approver).json()["agreement"]
+    assert agr["document"]["masking"] == {"driver_mobile": {"rule": "mobile", "params": {}}}
+    renew = f"/api/v1/agreements/{agr['id']}/renew"
+    for payload in ({}, {"valid_days": 365}):
+        r = hub.client.post(renew, json=payload, headers=approver)
+        assert r.status_code == 201, r.text
+        doc = r.json()["document"]
+        length = datetime.fromisoformat(doc["valid_until"]) - datetime.fromisoformat(
+            doc["valid_from"]
+        )
+        assert length == timedelta(days=90)

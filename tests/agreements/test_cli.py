@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,15 @@ def test_request_approve_and_manage_the_agreement(hub: Hub) -> None:
     assert code == 1 and "error" in out and POLICE in out
     code, out = _run("approve", req, *base, "--as", "police-approver", "--field", "fine")
     assert code == 1 and "field 'fine'" in out
+    # A path under an item is not an item: it would escape the item's default masking.
+    code, out = _run(
+        "approve", req, *base, "--as", "police-approver", "--mask", "driver_mobile[]=suppress"
+    )
+    assert code == 1 and "driver_mobile[]" in out and "plate" in out
+    # Without --as, the platform administrator does not decide for the provider.
+    for args in (("approve", req), ("refuse", req, "--reason", "不符")):
+        code, out = _run(*args, *base)
+        assert code == 1 and POLICE in out and "--as USER" in out, out
     code, out = _run(
         "approve", req, *base, "--as", "police-approver", "--field", "plate",
         "--field", "driver_mobile", "--mask", "plate=plate", "--days", "90",
@@ -154,8 +164,25 @@ def test_request_approve_and_manage_the_agreement(hub: Hub) -> None:
     assert code == 0 and "now suspended" in out
     code, out = _run("agreements", *base, "resume", agr, "--as", "police-approver")
     assert code == 0 and "now active" in out
+    # The platform administrator suspends and resumes (to stop sharing), never renews.
+    code, out = _run("agreements", *base, "suspend", agr, "--reason", "运维核查")
+    assert code == 0 and "now suspended" in out
+    code, out = _run("agreements", *base, "resume", agr)
+    assert code == 0 and "now active" in out
+    code, out = _run("agreements", *base, "renew", agr, "--days", "30")
+    assert code == 1 and "--as USER" in out
     code, out = _run("agreements", *base, "renew", agr, "--as", "police-approver", "--days", "30")
     assert code == 0 and f"renewed {agr}" in out
+    # Asked for longer than the original's 90 days, a renewal lasts 90.
+    code, out = _run("agreements", *base, "renew", agr, "--as", "police-approver", "--days", "400")
+    assert code == 0, out
+    renewal = re.search(r"renewed \S+: agreement (agr-[0-9a-z]+)", out)
+    assert renewal, out
+    code, shown = _run("agreements", *base, "show", renewal.group(1), "--json")
+    assert code == 0
+    doc = json.loads(shown)["document"]
+    length = datetime.fromisoformat(doc["valid_until"]) - datetime.fromisoformat(doc["valid_from"])
+    assert length.days == 90
     code, out = _run(
         "agreements", *base, "revoke", agr, "--as", "market-admin", "--reason", "业务终止"
     )
@@ -193,14 +220,23 @@ def test_subscribe_non_shared_and_bad_input(hub: Hub) -> None:
     assert code == 1 and "不予共享" in out
     code, out = _run("request", POLICE, CONDITIONAL, *base, "--as", "nobody", "--purpose", "x")
     assert code == 1 and "nobody" in out
-    # Without --as the command is the platform administrator, who must name the consumer.
+    # Without --as the command is the platform administrator, who does not act for an
+    # organization: applying and subscribing need a person of the consumer, named by --as.
     code, out = _run(
         "request", POLICE, CONDITIONAL, *base, "--purpose", "x",
         "--purpose-text", "查询", "--legal-basis", "《条例》",
     )  # fmt: skip
-    assert code == 1 and "consuming organization" in out
+    assert code == 1 and "consuming organization" in out and "--as USER" in out
+    code, out = _run("request", POLICE, UNCONDITIONAL, *base, "--purpose", "x", "--subscribe")
+    assert code == 1 and "--as USER" in out
+    # --consumer is gone: a person applies for their own organization only.
     code, out = _run(
-        "request", POLICE, CONDITIONAL, *base, "--purpose", "x", "--consumer", TRANSPORT,
+        "request", POLICE, CONDITIONAL, *base, "--as", "transport-admin", "--purpose", "x",
+        "--consumer", MARKET, "--purpose-text", "查询", "--legal-basis", "《条例》",
+    )  # fmt: skip
+    assert code == 2 and "--consumer" in out
+    code, out = _run(
+        "request", POLICE, CONDITIONAL, *base, "--as", "transport-admin", "--purpose", "x",
         "--purpose-text", "查询", "--legal-basis", "《条例》",
     )  # fmt: skip
     assert code == 0 and "submitted req-" in out and TRANSPORT in out

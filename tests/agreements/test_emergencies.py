@@ -87,6 +87,22 @@ def declare(svc: EmergencyService, **kw: Any) -> str:
 
 
 # --- the two-administrator rule -----------------------------------------------------------
+def test_an_emergency_names_at_least_one_resource(
+    svc: EmergencyService, registry: RegistryService
+) -> None:
+    # An empty resource scope would open every emergency-only agreement there is.
+    serial = registry.serial()
+    p = raises(problems.VALIDATION, svc.declare, ADMIN1, resources=[], reason="疫情",
+               duration_hours=1)  # fmt: skip
+    assert "at least one" in p.detail
+    p = raises(problems.VALIDATION, svc.declare, ADMIN1, reason="疫情", duration_hours=1)
+    assert "at least one" in p.detail
+    assert svc.list(ADMIN1) == [] and events(registry) == [] and registry.serial() == serial
+    # Organizations may be left empty: every consumer organization of those resources.
+    e = svc.declare(ADMIN1, resources=[f"{A}/epidemic-daily"], reason="疫情", duration_hours=1)
+    assert e.resources == (f"{A}/epidemic-daily",) and e.organizations == ()
+
+
 def test_two_administrators_declare_and_confirm(
     svc: EmergencyService, registry: RegistryService
 ) -> None:
@@ -142,11 +158,12 @@ def test_two_administrators_declare_and_confirm(
 def test_the_configuration_carries_emergencies_in_force(
     svc: EmergencyService, registry: RegistryService
 ) -> None:
-    e = declare(svc, resources=[], organizations=[], now=None)
+    e = declare(svc, organizations=[], now=None)
     svc.confirm(ADMIN2, e)
     listed = registry.global_conf_document()["emergencies"]
     assert [x["id"] for x in listed] == [e]
-    assert listed[0]["resources"] == [] and listed[0]["organizations"] == []  # empty = all
+    # No organizations named: every consumer organization; the resources are always named.
+    assert listed[0]["resources"] == [f"{A}/epidemic-daily"] and listed[0]["organizations"] == []
     signed = registry.signed_global_conf()
     assert signed["document"]["emergencies"][0]["id"] == e
 
@@ -154,13 +171,18 @@ def test_the_configuration_carries_emergencies_in_force(
 def test_declaring_needs_a_platform_administrator_a_reason_and_a_sane_duration(
     registry: RegistryService, svc: EmergencyService
 ) -> None:
-    raises(problems.FORBIDDEN, svc.declare, OFFICER_B, reason="x", duration_hours=1)
-    raises(problems.REASON_REQUIRED, svc.declare, ADMIN1, reason="  ", duration_hours=1)
+    scope = [f"{A}/epidemic-daily"]
+    raises(problems.FORBIDDEN, svc.declare, OFFICER_B, resources=scope, reason="x",
+           duration_hours=1)  # fmt: skip
+    raises(problems.REASON_REQUIRED, svc.declare, ADMIN1, resources=scope, reason="  ",
+           duration_hours=1)  # fmt: skip
     for hours in (0, -1, 73):
-        raises(problems.VALIDATION, svc.declare, ADMIN1, reason="x", duration_hours=hours)
-    assert svc.declare(ADMIN1, reason="x", duration_hours=72).hours == 72
+        raises(problems.VALIDATION, svc.declare, ADMIN1, resources=scope, reason="x",
+               duration_hours=hours)  # fmt: skip
+    assert svc.declare(ADMIN1, resources=scope, reason="x", duration_hours=72).hours == 72
     short = EmergencyService(registry, max_hours=4)
-    raises(problems.VALIDATION, short.declare, ADMIN1, reason="x", duration_hours=5)
+    raises(problems.VALIDATION, short.declare, ADMIN1, resources=scope, reason="x",
+           duration_hours=5)  # fmt: skip
     # The scope names registered resources and organizations.
     for bad in ("epidemic-daily", f"{A}/", f"{A}/no-such-resource", f"{B}/epidemic-daily"):
         raises(problems.VALIDATION, svc.declare, ADMIN1, resources=[bad], reason="x",
@@ -346,6 +368,10 @@ def test_the_api(tmp_path: Path) -> None:
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
     r = client.post("/api/v1/emergencies", json={**body, "reason": ""}, headers=one)
     assert r.json()["type"] == "urn:qiao:problem:hub:reason-required"
+    # An empty or missing resource scope: 422, never "every resource".
+    for unscoped in ({**body, "resources": []}, {"reason": "疫情应急演练", "hours": 24}):
+        r = client.post("/api/v1/emergencies", json=unscoped, headers=one)
+        assert r.status_code == 422 and r.json()["type"] == "urn:qiao:problem:hub:validation"
     r = client.post("/api/v1/emergencies", json=body, headers=one)
     assert r.status_code == 201, r.text
     e = r.json()
@@ -356,7 +382,8 @@ def test_the_api(tmp_path: Path) -> None:
     assert r.json()["type"] == "urn:qiao:problem:hub:second-administrator-required"
     r = client.post(f"/api/v1/emergencies/{e['id']}/confirm", headers=two)
     assert r.status_code == 200 and r.json()["status"] == "active"
-    conf = client.get("/api/v1/global-configuration").json()["document"]
+    # In the full configuration, the one enrolled nodes fetch.
+    conf = registry.signed_global_conf()["document"]
     assert [x["id"] for x in conf["emergencies"]] == [e["id"]]
 
     assert [x["id"] for x in client.get("/api/v1/emergencies", headers=auditor).json()] == [e["id"]]
@@ -387,7 +414,7 @@ def test_the_api(tmp_path: Path) -> None:
     assert r.status_code == 422
     r = client.post(f"/api/v1/emergencies/{e['id']}/end", json={"reason": "结束"}, headers=two)
     assert r.status_code == 200 and r.json()["status"] == "ended"
-    assert client.get("/api/v1/global-configuration").json()["document"]["emergencies"] == []
+    assert registry.signed_global_conf()["document"]["emergencies"] == []
 
 
 # --- the commands ---------------------------------------------------------------------------
@@ -455,6 +482,9 @@ def test_the_commands_end_to_end(tmp_path: Path) -> None:
     assert actors == ["user:wang.admin", "user:li.admin", "cli:local-operator"]
     # Without --as, the local operator is one administrator: it cannot confirm its own.
     r = runner.invoke(cli_app, [*em, "declare", "--reason", "x", "--hours", "1"])
+    assert r.exit_code == 2 and "at least one" in r.output
+    r = runner.invoke(cli_app, [*em, "declare", "--reason", "x", "--hours", "1",
+                                "--resource", f"{A}/epidemic-daily"])  # fmt: skip
     own = r.stdout.strip().splitlines()[-1]
     r = runner.invoke(cli_app, [*em, "confirm", own])
     assert r.exit_code == 2 and "second-administrator-required" in r.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import re
 from typing import Any
 
@@ -13,8 +15,10 @@ from hypothesis import strategies as st
 from qiao.agreements.document import Masking, MaskRule
 from qiao.agreements.masking import (
     COMPOUND_SURNAMES,
+    RecordsNotFound,
     compile_masking,
     pointer_tokens,
+    pseudonym_key,
 )
 
 KEY = b"k" * 32
@@ -216,6 +220,29 @@ def test_pseudonym_is_stable_per_key_and_differs_across_keys() -> None:
     assert CITIZEN_ID not in one
 
 
+def test_pseudonym_key_is_per_consumer_provider_and_resource() -> None:
+    """Not per agreement: a renewal (a new agreement id) keeps the pseudonyms."""
+    secret = b"s" * 32
+    parties = ("91350100MA2XXXXX1A", "11350100MB0XXXXX2B")
+    key = pseudonym_key(secret, *parties, "vehicle-violations")
+    assert len(key) == 32
+    assert key == pseudonym_key(secret, *parties, "vehicle-violations")
+    others = {
+        pseudonym_key(secret, parties[1], parties[0], "vehicle-violations"),
+        pseudonym_key(secret, *parties, "vehicle-owners"),
+        pseudonym_key(b"t" * 32, *parties, "vehicle-violations"),
+        # No ambiguity where one name ends and the next begins.
+        pseudonym_key(secret, parties[0], parties[1] + "v", "ehicle-violations"),
+    }
+    assert key not in others and len(others) == 4
+    expected = hmac.new(
+        secret,
+        b'["qiao-pseudonym/1","91350100MA2XXXXX1A","11350100MB0XXXXX2B","vehicle-violations"]',
+        hashlib.sha256,
+    ).digest()
+    assert key == expected
+
+
 def test_pseudonym_depends_on_value_type_and_field() -> None:
     m = masker(None, a=MaskRule.PSEUDONYM, b=MaskRule.PSEUDONYM)
     out = m.apply({"a": "1", "b": "1"})
@@ -376,10 +403,12 @@ def test_apply_does_not_modify_its_argument() -> None:
     assert record == VIOLATION
 
 
-def test_a_non_object_record_is_returned_unchanged() -> None:
-    m = masker(("plate",))
-    assert m.apply("粤B12345") == "粤B12345"
-    assert m.apply(None) is None
+@pytest.mark.parametrize("record", ["粤B12345", ["粤B12345"], 440305, True, None])
+def test_a_non_object_record_becomes_null(record: Any) -> None:
+    """Nothing of a record that has no fields was agreed: it cannot leave, in any shape."""
+    assert masker(("plate",)).apply(record) is None
+    assert masker(None, plate=MaskRule.PLATE).apply(record) is None
+    assert compile_masking(None, {}, KEY).apply(record) == record  # no masking: untouched
 
 
 # --- documents (RFC 6901 pointers) ------------------------------------------------------
@@ -402,18 +431,71 @@ def test_document_records_at_a_pointer_keep_the_rest() -> None:
 
 def test_document_pointer_into_arrays_and_objects() -> None:
     m = masker(("plate",))
-    document = {"pages": [{"items": VIOLATION}, {"items": VIOLATION}]}
+    document = {"pages": [{"items": VIOLATION}, {"items": VIOLATION}, 7]}
     out = m.apply_document(document, "/pages/1/items")
-    assert out == {"pages": [{"items": VIOLATION}, {"items": {"plate": "粤B12345"}}]}
+    # The other page is not where the records are: it keeps its place but not its content.
+    assert out == {"pages": [None, {"items": {"plate": "粤B12345"}}, 7]}
 
 
 @pytest.mark.parametrize(
     "pointer", ["/missing", "/violations/x", "/total/0", "violations", "/pages/01", "/pages/-"]
 )
-def test_document_pointer_that_does_not_resolve_leaves_it_unchanged(pointer: str) -> None:
+def test_document_pointer_that_does_not_resolve_is_refused(pointer: str) -> None:
     m = masker(("plate",))
     document = {"total": 1, "violations": [VIOLATION], "pages": [VIOLATION, VIOLATION]}
-    assert m.apply_document(document, pointer) == document
+    with pytest.raises(RecordsNotFound) as refused:
+        m.apply_document(document, pointer)
+    assert refused.value.pointer == pointer
+    # Without masking there is nothing to find: the document passes as it is.
+    assert compile_masking(None, {}, KEY).apply_document(document, pointer) is document
+
+
+def test_document_envelope_keeps_scalars_and_drops_containers() -> None:
+    """Totals and cursors stay; an object or array beside the records could hold records
+    that no projection has seen (a "related" list, a "query" echo), so it goes."""
+    m = masker(("plate",), plate=MaskRule.PLATE)
+    document = {
+        "total": 2,
+        "next": "cursor-2",
+        "done": False,
+        "none": None,
+        "related": [VIOLATION],
+        "query": {"plate": "粤B12345"},
+        "data": {"page": 1, "extra": {"owner": "张三丰"}, "violations": [VIOLATION]},
+    }
+    out = m.apply_document(document, "/data/violations")
+    assert out == {
+        "total": 2,
+        "next": "cursor-2",
+        "done": False,
+        "none": None,
+        "data": {"page": 1, "violations": [{"plate": "粤B****5"}]},
+    }
+
+
+def test_document_envelope_members_named_like_record_fields_are_those_fields() -> None:
+    m = masker(("plate", "owner.name"), plate=MaskRule.PLATE, owner__name=MaskRule.NAME)
+    fields = frozenset({"plate", "owner", "mobile"})
+    document = {
+        "plate": "粤B12345",  # projected: masked by its rule
+        "mobile": "13812345678",  # not projected: dropped
+        "owner": {"name": "张三丰", "mobile": "13812345678"},  # projected in part
+        "total": 1,
+        "violations": [VIOLATION],
+    }
+    out = m.apply_document(document, "/violations", fields)
+    assert out["plate"] == "粤B****5" and out["owner"] == {"name": "张**"}
+    assert "mobile" not in out and out["total"] == 1
+
+
+def test_document_records_that_are_not_objects_become_null() -> None:
+    m = masker(("plate",))
+    document = {"violations": [VIOLATION, "粤B12345", [VIOLATION], 3]}
+    assert m.apply_document(document, "/violations") == {
+        "violations": [{"plate": "粤B12345"}, None, None, None]
+    }
+    assert m.apply_document("粤B12345", "") is None
+    assert m.apply_document({"violations": "粤B12345"}, "/violations") == {"violations": None}
 
 
 def test_document_pointer_escapes() -> None:
@@ -424,7 +506,8 @@ def test_document_pointer_escapes() -> None:
     assert m.apply_document(document, "/a~1b")["a/b"] == masked
     assert m.apply_document(document, "/m~0n")["m~n"] == [masked]
     assert m.apply_document(document, "/~01")["~1"] == masked
-    assert m.apply_document(document, "/a~2b") == document  # not an escape: unresolved
+    with pytest.raises(RecordsNotFound):
+        m.apply_document(document, "/a~2b")  # not an escape: unresolved
 
 
 def test_pointer_tokens() -> None:
@@ -434,9 +517,9 @@ def test_pointer_tokens() -> None:
     assert pointer_tokens("a") is None
 
 
-def test_document_scalar_at_pointer_is_unchanged() -> None:
+def test_document_scalar_at_pointer_is_not_a_record() -> None:
     m = masker(("plate",))
-    assert m.apply_document({"total": 3}, "/total") == {"total": 3}
+    assert m.apply_document({"total": 3}, "/total") == {"total": None}
 
 
 # --- properties -------------------------------------------------------------------------
@@ -481,7 +564,31 @@ def test_apply_never_raises_on_arbitrary_json(
 ) -> None:
     m = compile_masking(fields, masking, KEY)
     m.apply(document)
-    m.apply_document(document, pointer)
+    try:
+        out = m.apply_document(document, pointer, frozenset({"plate", "x"}))
+    except RecordsNotFound:
+        assert not _resolves(document, pointer_tokens(pointer) or [])
+        return
+    assert not m.active or _resolves(document, pointer_tokens(pointer) or [])
+    if m.active and isinstance(out, dict) and pointer:
+        # The envelope keeps only scalars beside the path to the records.
+        head = pointer_tokens(pointer)[0]  # type: ignore[index]
+        assert all(
+            not isinstance(v, (dict, list)) or k in (head, "plate", "x") for k, v in out.items()
+        )
+
+
+def _resolves(document: Any, tokens: list[str]) -> bool:
+    for token in tokens:
+        if isinstance(document, dict) and token in document:
+            document = document[token]
+        elif isinstance(document, list) and token.isdigit() and int(token) < len(document):
+            if token != str(int(token)):
+                return False
+            document = document[int(token)]
+        else:
+            return False
+    return True
 
 
 @given(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import assume, given, settings
@@ -18,6 +20,7 @@ from qiao import problems
 from qiao.agreements.document import Agreement, digest
 from qiao.agreements.policy import Policy, Side, compile_policy
 from qiao.canonical import canonical_json
+from qiao.exchange.protocol import parse_target
 from qiao.problems import Problem, ProblemType
 
 INSTANCE = "test"
@@ -108,7 +111,7 @@ def decide(
     client: str = APP,
     method: str = "GET",
     path: str = "",
-    query: dict[str, str] | None = None,
+    query: Mapping[str, str] | None = None,
     purpose: str = "traffic-enforcement",
     end_user: str = "",
     now: datetime = NOW,
@@ -380,3 +383,107 @@ def test_within_one_agreement_checks_run_in_the_documented_order() -> None:
     refused(pol, problems.END_USER_REQUIRED, **wrong)
     refused(pol, problems.OPERATION_NOT_ALLOWED, end_user="u", **wrong)
     refused(pol, problems.FIELD_NOT_ALLOWED, end_user="u", path="records", query=wrong["query"])
+
+
+def test_pseudonymized_fields_cannot_be_filtered_on_partially_masked_ones_can() -> None:
+    # A filter on the real value of a pseudonymized field maps identities to pseudonyms.
+    projected = ["plate", "code", "driver_mobile", "owner.name", "owner.citizen_id"]
+    masking = {
+        "plate": {"rule": "plate"},
+        "driver_mobile": {"rule": "pseudonym"},
+        "owner.citizen_id": {"rule": "pseudonym"},
+    }
+    pol = policy(published(agreement(fields=projected, masking=masking)))
+    for call in (
+        {"query": {"driver_mobile": "13800138000"}},
+        {"query": {"Driver_Mobile": "13800138000"}},
+        {"path": "by/driver_mobile/13800138000"},
+        {"query": {"sort": "driver_mobile"}},  # the order of real values is an oracle too
+        {"query": {"$filter": "driver_mobile eq '13800138000'"}},
+    ):
+        p = refused(pol, problems.FIELD_NOT_ALLOWED, **call)
+        assert "'driver_mobile'" in p.detail
+    p = refused(pol, problems.FIELD_NOT_ALLOWED, query={"owner[citizen_id]": "440305199001011234"})
+    assert "'owner.citizen_id'" in p.detail and "440305199001011234" not in p.detail
+    # Selecting it back is fine: the answer carries the pseudonym, which is what joins use.
+    decide(pol, query={"fields": "plate,driver_mobile,owner.citizen_id", "owner.name": "张三"})
+    # Partially masked fields stay usable as filters: looking up a plate one already holds
+    # is the core use (docs/agreements.md, "Enforcement at both nodes").
+    decide(pol, path="by/plate/闽A12345", query={"plate": "闽A12345"})
+    masked = {"driver_mobile": {"rule": "mobile"}}
+    partly = policy(published(agreement(fields=["plate", "driver_mobile"], masking=masked)))
+    decide(partly, query={"driver_mobile": "13800138000"})
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "named"),
+    [
+        # Case differences: the backend may compare names case-insensitively.
+        ("", {"Driver_Mobile": "13800138000"}, "driver_mobile"),
+        ("by/DRIVER_MOBILE/13800138000", {}, "driver_mobile"),
+        ("", {"fields": "plate,Driver_Mobile"}, "driver_mobile"),
+        # Nested names, by the first segment or below a partly projected object.
+        ("", {"driver_mobile.number": "1"}, "driver_mobile.number"),
+        ("", {"driver_mobile[number]": "1"}, "driver_mobile.number"),
+        ("", {"owner.mobile": "13800138000"}, "owner.mobile"),
+        ("", {"owner[mobile]": "13800138000"}, "owner.mobile"),
+        ("", {"OWNER[0][Mobile]": "13800138000"}, "owner.mobile"),
+        ("by/owner.mobile/13800138000", {}, "owner.mobile"),
+        # Selectors in their array and OData spellings, sparse fieldsets, sorting, filters.
+        ("", {"fields[]": "driver_mobile"}, "driver_mobile"),
+        ("", {"select[]": "plate, driver_mobile"}, "driver_mobile"),
+        ("", {"$select": "plate,owner/mobile"}, "owner.mobile"),
+        ("", {"$SELECT": "driver_mobile"}, "driver_mobile"),
+        ("", {"fields[violation]": "plate,driver_mobile"}, "driver_mobile"),
+        ("", {"sort": "-driver_mobile"}, "driver_mobile"),
+        ("", {"$orderby": "plate asc, driver_mobile desc"}, "driver_mobile"),
+        ("", {"$filter": "plate eq '闽A1' and driver_mobile eq '13800138000'"}, "driver_mobile"),
+        # Percent-encoding: aiohttp hands over names and segments decoded once; a backend
+        # that decodes again must not see a hidden field the check did not.
+        ("by/driver%5Fmobile/13800138000", {}, "driver_mobile"),
+        ("", {"driver%5Fmobile": "1"}, "driver_mobile"),
+        ("", {"fields": "driver%255Fmobile"}, "driver_mobile"),
+        # Matrix parameters (RFC 3986 §3.3) do not hide the segment's name.
+        ("by/driver_mobile;v=1/13800138000", {}, "driver_mobile"),
+    ],
+)
+def test_hidden_fields_in_every_spelling(path: str, query: dict[str, str], named: str) -> None:
+    pol = policy(published(agreement()))
+    p = refused(pol, problems.FIELD_NOT_ALLOWED, path=path, query=query)
+    assert f"{named!r}" in p.detail
+    assert "13800138000" not in p.detail
+
+
+def test_visible_parts_of_a_partly_projected_object_and_other_parameters_pass() -> None:
+    pol = policy(published(agreement()))  # projects owner.name, not the rest of owner
+    for query in (
+        {"owner.name": "张三"},
+        {"Owner[Name]": "张三"},
+        {"owner": "张三"},  # the object itself, as before
+        {"fields[]": "owner.name,plate"},
+        {"$select": "owner/name"},
+        {"sort": "-occurred_at", "$filter": "plate eq '闽A12345' and code eq 1"},
+        {"q": "driver_mobile", "page[size]": "20"},
+    ):
+        decide(pol, query=query)
+
+
+def test_the_check_sees_the_target_path_as_the_node_reads_it() -> None:
+    # Both nodes pass target.path (from request.path: percent-decoded once by aiohttp) and
+    # request.query (names and values decoded once) to the policy.
+    pol = policy(published(agreement()))
+    for raw in (
+        f"/r1/{PROVIDER}/{RESOURCE}/by/%64river_mobile/13800138000",
+        f"/r1/{PROVIDER}/{RESOURCE}/by/driver%255Fmobile/13800138000",
+        f"/r1/{PROVIDER}/{RESOURCE}/by/x%2Fdriver_mobile/13800138000",
+        f"/r1/{PROVIDER}/{RESOURCE}/records?Driver%5FMobile=13800138000",
+        f"/r1/{PROVIDER}/{RESOURCE}/records?owner%5Bmobile%5D=13800138000",
+        f"/r1/{PROVIDER}/{RESOURCE}/records?plate=1&driver_mobile=2",  # a second parameter
+    ):
+        request = make_mocked_request("GET", raw)
+        target = parse_target(request.path)
+        with pytest.raises(Problem) as caught:
+            decide(pol, path=target.path, query=request.query)
+        assert caught.value.kind is problems.FIELD_NOT_ALLOWED, raw
+    request = make_mocked_request("GET", f"/r1/{PROVIDER}/{RESOURCE}/by/plate/%E9%97%BDA1?plate=1")
+    decide(pol, path=parse_target(request.path).path, query=request.query)

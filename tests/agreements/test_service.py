@@ -28,7 +28,8 @@ from qiao.agreements.document import (
 from qiao.agreements.models import AgreementRecord, OrganizationAgreementKey
 from qiao.agreements.service import WRAPPING_KEY_FILE, AgreementService, Narrowing
 from qiao.canonical import canonical_json
-from qiao.catalog.spec import SharingType
+from qiao.catalog.service import CatalogService
+from qiao.catalog.spec import ResourceSpec, SharingType
 from qiao.identity.roles import Role
 from qiao.problems import Problem
 from qiao.registry.models import AdminEvent
@@ -43,6 +44,7 @@ from tests.agreements.conftest import (
     UNCONDITIONAL,
     World,
     application,
+    specs,
     user,
 )
 
@@ -372,23 +374,55 @@ def test_who_may_apply_and_subscribe(world: World) -> None:
     _raises(
         problems.FORBIDDEN, w.service.apply, w.market_security, POLICE, CONDITIONAL, application()
     )
-    # For another organization than one's own: 403; for one's own resource: 422.
-    _raises(
-        problems.FORBIDDEN,
-        w.service.apply,
-        w.applicant,
-        POLICE,
-        CONDITIONAL,
-        application(),
-        consumer=TRANSPORT,
-    )
+    # For one's own resource: 422.
     _raises(
         problems.VALIDATION, w.service.apply, w.police_admin, POLICE, CONDITIONAL, application()
     )
-    # The platform administrator names the consumer.
-    _raises(problems.VALIDATION, w.service.apply, w.platform, POLICE, CONDITIONAL, application())
-    req = w.service.apply(w.platform, POLICE, CONDITIONAL, application(), consumer=MARKET)
-    assert req.consumer_org == MARKET
+    assert w.service.list_requests(w.platform) == [] and w.service.list(w.platform) == []
+
+
+def test_one_platform_administrator_cannot_make_an_agreement_for_two_organizations(
+    world: World,
+) -> None:
+    """The platform administrator acts for no organization: applying and subscribing need a
+    person of the consumer, deciding and renewing a person of the provider."""
+    w = world
+    admins = (
+        w.platform,
+        user(None, Role.PLATFORM_ADMIN, name="admin"),
+        # Even one who belongs to an organization, without its roles there.
+        user(MARKET, Role.PLATFORM_ADMIN, name="market-platform-admin"),
+    )
+    for admin in admins:
+        p = _raises(problems.FORBIDDEN, w.service.apply, admin, POLICE, CONDITIONAL, application())
+        assert "consuming organization" in p.detail or MARKET in p.detail
+        _raises(
+            problems.FORBIDDEN,
+            w.service.subscribe,
+            admin,
+            POLICE,
+            UNCONDITIONAL,
+            purposes=("road-safety",),
+        )
+    assert w.service.list_requests(w.platform) == []
+
+    req = w.service.apply(w.applicant, POLICE, CONDITIONAL, application(), now=MONDAY)
+    police_platform_admin = user(POLICE, Role.PLATFORM_ADMIN, name="police-platform-admin")
+    for admin in (*admins, police_platform_admin):
+        p = _raises(problems.FORBIDDEN, w.service.approve, admin, req.id)
+        assert POLICE in p.detail and "approver" in p.detail
+        _raises(problems.FORBIDDEN, w.service.refuse, admin, req.id, "不同意")
+    assert w.service.get_request(w.approver, req.id).status == "submitted"
+    assert w.service.list(w.platform) == []
+
+    # A person of the provider decides; the platform administrator may still stop sharing.
+    _, agr = w.service.approve(w.approver, req.id, now=MONDAY)
+    for admin in (*admins, police_platform_admin):
+        _raises(problems.FORBIDDEN, w.service.renew, admin, agr.id)
+    assert w.service.suspend(w.platform, agr.id, "安全事件处置").status == "suspended"
+    assert w.service.resume(w.platform, agr.id).status == "active"
+    assert w.service.revoke(w.platform, agr.id, "停止共享").status == "revoked"
+    assert [a.id for a in w.service.list(w.platform)] == [agr.id]
 
 
 @pytest.mark.parametrize(
@@ -487,12 +521,20 @@ def test_renew_makes_a_new_agreement_with_the_same_terms(world: World) -> None:
     assert new.id != agr_id and doc.renews == agr_id and new.renews == agr_id
     assert doc.fields == before.fields and doc.masking == before.masking
     assert doc.purposes == before.purposes and doc.request == before.request
-    assert doc.valid_until - doc.valid_from == timedelta(days=365)
+    assert doc.resource == before.resource
+    # Asked for 365 days, a renewal of a 180-day agreement lasts 180: no longer than the
+    # original without a new application; shorter on request.
+    assert doc.valid_until - doc.valid_from == timedelta(days=180)
+    shorter = w.service.renew(w.approver, agr_id, 60, now=later).agreement()
+    assert shorter.valid_until - shorter.valid_from == timedelta(days=60)
+    default = w.service.renew(w.approver, agr_id, now=later).agreement()
+    assert default.valid_until - default.valid_from == timedelta(days=180)
+    _raises(problems.VALIDATION, w.service.renew, w.approver, agr_id, 0)
     assert doc.valid_from > before.valid_from
     # The old one stays in force until it expires; both are published.
     assert w.service.get(w.approver, agr_id, now=later).status == "active"
     ids = {e["agreement"]["id"] for e in w.service.for_configuration(now=later)["agreements"]}
-    assert ids == {agr_id, new.id}
+    assert ids == {agr_id, new.id, shorter.id, default.id}
     assert _events(w, "agreement.renew")[0]["renews"] == agr_id
     # An expired one can be renewed as well, and shows as expired meanwhile.
     expired = MONDAY + timedelta(days=200)
@@ -591,3 +633,146 @@ def test_wrapping_key_file_is_private_and_keys_are_not_stored_in_clear(world: Wo
     conf = again.for_configuration()
     entry = next(e for e in conf["agreements"] if e["agreement"]["id"] == agr.id)
     document.verify(entry["agreement"], entry["sha256"], entry["signatures"], _keys(conf))
+
+
+# --- fields are the items' names (review finding: masking by path escaped) ----------------------
+def _field_refused(p: Problem, field: str) -> None:
+    assert repr(field) in p.detail and "driver_mobile" in p.detail and "plate" in p.detail
+    assert p.extra["field"] == field and "driver_mobile" in p.extra["allowed"]
+
+
+@pytest.mark.parametrize("field", ["driver_mobile[]", "driver_mobile.number", "plate[].x"])
+def test_a_catalogued_resources_fields_are_exactly_its_item_names(world: World, field: str) -> None:
+    w = world
+    # Asking for a path under a personal item would drop its default masking (keyed by the
+    # item's name): refused wherever a projection is given.
+    p = _raises(
+        problems.VALIDATION,
+        w.service.apply,
+        w.applicant,
+        POLICE,
+        CONDITIONAL,
+        application(fields=["plate", field]),
+    )
+    _field_refused(p, field)
+    p = _raises(
+        problems.VALIDATION,
+        w.service.subscribe,
+        w.applicant,
+        POLICE,
+        UNCONDITIONAL,
+        purposes=("road-safety",),
+        fields=(field,),
+    )
+    _field_refused(p, field)
+    p = _raises(
+        problems.VALIDATION,
+        w.service.arrange_emergency,
+        w.platform,
+        POLICE,
+        NOT_SHARED,
+        MARKET,
+        ("epidemic-response",),
+        fields=(field,),
+    )
+    _field_refused(p, field)
+    req = w.service.apply(w.applicant, POLICE, CONDITIONAL, application(fields=None), now=MONDAY)
+    for narrowing in (
+        Narrowing(fields=("plate", field)),
+        Narrowing(masking={field: Masking(rule=MaskRule.SUPPRESS)}),
+    ):
+        p = _raises(problems.VALIDATION, w.service.approve, w.approver, req.id, narrowing)
+        _field_refused(p, field)
+    assert w.service.get_request(w.approver, req.id).status == "submitted"
+    assert w.service.list(w.platform) == []
+    # By its name, the personal item is projected and masked by default.
+    _, agr = w.service.approve(
+        w.approver, req.id, Narrowing(fields=("plate", "driver_mobile")), now=MONDAY
+    )
+    assert agr.agreement().masking == {"driver_mobile": Masking(rule=MaskRule.MOBILE)}
+
+
+def test_an_uncatalogued_resources_fields_may_be_paths(world: World) -> None:
+    w = world
+    req = w.service.apply(
+        w.applicant,
+        POLICE,
+        UNCATALOGUED,
+        application(fields=["owner.mobile", "plates[]"]),
+        now=MONDAY,
+    )
+    assert req.application.fields == ("owner.mobile", "plates[]")
+    _, agr = w.service.approve(
+        w.approver,
+        req.id,
+        Narrowing(
+            fields=("owner.mobile",), masking={"owner.mobile": Masking(rule=MaskRule.MOBILE)}
+        ),
+        now=MONDAY,
+    )
+    doc = agr.agreement()
+    assert doc.fields == ("owner.mobile",)
+    assert doc.masking == {"owner.mobile": Masking(rule=MaskRule.MOBILE)}
+    _raises(
+        problems.VALIDATION,
+        w.service.apply,
+        w.applicant,
+        POLICE,
+        UNCATALOGUED,
+        application(fields=["Not A Path"]),
+    )
+
+
+# --- a renewal is on the resource as it is now (review finding) ---------------------------------
+def _republish(w: World, **changes: Any) -> None:
+    """Publish a new version of the conditional resource, changed."""
+    conditional = specs()[0][0]
+    spec = ResourceSpec.model_validate(
+        {**conditional.model_dump(mode="json", exclude={"version", "status"}), **changes}
+    )
+    CatalogService(w.registry).publish(w.platform, spec)
+
+
+def test_renew_takes_the_current_version_and_rechecks_the_resource(world: World) -> None:
+    w = world
+    _, agr_id = _approved(w)
+    before = w.service.get(w.approver, agr_id).agreement()
+    assert before.resource.version == 1
+    _republish(w, name="机动车交通违法记录（第二版）")
+    renewed = w.service.renew(w.approver, agr_id, now=MONDAY + timedelta(days=1)).agreement()
+    current = w.service._target(POLICE, CONDITIONAL).ref
+    assert renewed.resource == current and current.version == 2
+    assert renewed.resource.sha256 != before.resource.sha256
+    assert renewed.fields == before.fields and renewed.masking == before.masking
+
+    # Reclassified 不予共享: only an emergency agreement reaches it, renewed or not.
+    _republish(w, sharing_type=SharingType.NONE.value, sharing_conditions="")
+    p = _raises(problems.RESOURCE_NOT_SHARED, w.service.renew, w.approver, agr_id)
+    assert "不予共享" in p.detail
+    # Deprecated (废止): nothing new on it.
+    CatalogService(w.registry).deprecate(w.platform, POLICE, CONDITIONAL, "并入新资源")
+    p = _raises(problems.CONFLICT, w.service.renew, w.approver, agr_id)
+    assert "deprecated" in p.detail
+    assert {a.id for a in w.service.list(w.platform)} == {agr_id, renewed.id}
+
+
+def test_renew_checks_the_projection_against_the_current_items(world: World) -> None:
+    w = world
+    _, agr_id = _approved(w)  # plate, code, occurred_at, driver_mobile
+    items = specs()[0][0].model_dump(mode="json")["items"]
+    _republish(w, items=[i for i in items if i["field"] != "driver_mobile"])
+    p = _raises(problems.VALIDATION, w.service.renew, w.approver, agr_id)
+    assert "'driver_mobile'" in p.detail
+
+
+def test_an_emergency_agreement_on_a_non_shared_resource_is_renewed_by_the_platform(
+    world: World,
+) -> None:
+    w = world
+    agr = w.service.arrange_emergency(
+        w.platform, POLICE, NOT_SHARED, MARKET, ("epidemic-response",), valid_days=30
+    )
+    renewed = w.service.renew(w.platform, agr.id, 365)
+    doc = renewed.agreement()
+    assert doc.conditions.emergency_only and doc.resource.sharing_type is SharingType.NONE
+    assert doc.valid_until - doc.valid_from == timedelta(days=30)

@@ -62,6 +62,56 @@ def backend() -> web.Application:
             return web.Response(text="plate\n闽A12345\n", content_type="text/csv")
         if kind == "missing":
             return web.Response(status=404, text="no such record")
+        if kind == "problem":
+            # The backend's own problem, quoting the record in its detail and an extension.
+            problem = {
+                "type": "https://backend.example/problems/owner-moved",
+                "title": "The owner has moved",
+                "status": 409,
+                "detail": "张三丰 (13800138000) moved",
+                "record": PERSON,
+            }
+            return web.Response(
+                status=409,
+                body=orjson.dumps(problem),
+                content_type="application/problem+json",
+                headers={"ETag": '"13800138000"'},
+            )
+        if kind == "error":
+            return web.json_response({"failed_on": PERSON}, status=500)
+        if kind == "redirect":
+            return web.json_response(
+                PERSON, status=302, headers={"Location": "/people/350102199003071234"}
+            )
+        if kind == "ranged":
+            if "Range" in request.headers or "If-None-Match" in request.headers:
+                return web.Response(
+                    status=206,
+                    body=orjson.dumps([PERSON])[:40],
+                    content_type="application/json",
+                    headers={"Content-Range": "bytes 0-39/400"},
+                )
+            return web.json_response([PERSON])
+        if kind == "partial":
+            return web.Response(
+                status=206,
+                body=orjson.dumps([PERSON])[:40],
+                content_type="application/json",
+                headers={"Content-Range": "bytes 0-39/400"},
+            )
+        if kind == "wrapped":
+            # Objects and arrays beside the records, unseen by any projection.
+            return web.json_response(
+                {
+                    "total": 1,
+                    "cursor": "page-2",
+                    "related": [PERSON],
+                    "query": {"mobile": "13800138000"},
+                    "violations": [VALID_RECORD],
+                }
+            )
+        if kind == "mixed":
+            return web.json_response([PERSON, "闽A12345", [PERSON], 7])
         raise web.HTTPNotFound()
 
     app = web.Application()
@@ -166,9 +216,125 @@ async def test_non_json_answers_cannot_be_masked_and_do_not_leave(masked: Pair) 
     assert status == 502
     assert _doc(body)["type"] == "urn:qiao:problem:provider:invalid-response"
     assert "闽A12345".encode() not in body
-    # The backend's own problems pass through as they are.
-    status, _, body = await masked.call("plain", "missing")
-    assert status == 404 and body == b"no such record"
+
+
+SECRETS = ("350102199003071234", "13800138000", "张三丰", "闽A12345", "secret-note")
+
+
+def _leaks(headers: dict[str, str], body: bytes) -> list[str]:
+    seen = body.decode() + "".join(f"{k}: {v}" for k, v in headers.items())
+    return [s for s in SECRETS if s in seen]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "expected"),
+    [
+        # Not a problem document: RFC 9457 §4.2.1 about:blank with the reason phrase.
+        ("missing", 404, {"type": "about:blank", "title": "Not Found", "status": 404}),
+        ("error", 500, {"type": "about:blank", "title": "Internal Server Error", "status": 500}),
+        ("redirect", 302, {"type": "about:blank", "title": "Found", "status": 302}),
+        # The backend's problem keeps its type, title and status, nothing else.
+        (
+            "problem",
+            409,
+            {
+                "type": "https://backend.example/problems/owner-moved",
+                "title": "The owner has moved",
+                "status": 409,
+            },
+        ),
+    ],
+)
+async def test_error_and_redirect_answers_leave_as_minimal_problems(
+    masked: Pair, path: str, status: int, expected: dict[str, Any]
+) -> None:
+    got, headers, body = await masked.call("plain", path, headers={p.H_ID: f"e-{path}"})
+    assert got == status
+    assert headers["Content-Type"] == "application/problem+json"
+    assert _doc(body) == expected
+    assert not _leaks(headers, body)
+    for name in ("Location", "ETag", "Content-Range"):
+        assert name not in headers
+    recs = masked.records(f"e-{path}")
+    assert recs["provider"]["status"] == recs["consumer"]["status"] == status
+    assert recs["provider"]["problem_type"] == expected["type"]
+    digest = hashlib.sha256(body).hexdigest()
+    assert recs["provider"]["response_hash"] == recs["consumer"]["response_hash"] == digest
+
+
+async def test_without_masking_backend_problems_pass_through(tmp_path: Path, db_url: str) -> None:
+    async with node_pair(tmp_path, db_url, backend(), agreements=open_agreements("plain")) as pair:
+        status, _, body = await pair.call("plain", "missing")
+        assert status == 404 and body == b"no such record"
+        async with pair.session.get(
+            f"{pair.url}/r1/{PROVIDER}/plain/redirect",
+            headers={p.H_CLIENT: APP, "Authorization": f"Bearer {pair.key}", p.H_PURPOSE: PURPOSE},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 302 and r.headers["Location"] == "/people/350102199003071234"
+
+
+async def test_range_is_not_forwarded_and_partial_answers_do_not_leave(masked: Pair) -> None:
+    # The backend answers 206 to Range or If-None-Match: neither reaches it, the whole
+    # document comes back and is masked.
+    ranged = {"Range": "bytes=0-39", "If-None-Match": '"x"'}
+    status, headers, body = await masked.call("plain", "ranged", headers=ranged)
+    assert status == 200, body
+    assert _doc(body)[0]["owner"] == {"name": "张**", "mobile": "138****8000"}
+    assert "Content-Range" not in headers and not _leaks(headers, body)
+    # A backend that answers 206 anyway: a piece of a document cannot be masked.
+    status, headers, body = await masked.call("plain", "partial")
+    assert status == 502
+    doc = _doc(body)
+    assert doc["type"] == "urn:qiao:problem:provider:invalid-response"
+    assert doc["errors"] == [{"pointer": "", "keyword": "status", "rule": "206"}]
+    assert "Content-Range" not in headers and not _leaks(headers, body)
+
+
+async def test_envelope_objects_and_arrays_are_dropped(masked: Pair) -> None:
+    status, _, body = await masked.call(VIOLATIONS, "wrapped")
+    assert status == 200, body
+    doc = _doc(body)
+    assert set(doc) == {"total", "cursor", "violations"}  # scalars kept, containers gone
+    assert doc["total"] == 1 and doc["cursor"] == "page-2"
+    assert doc["violations"][0]["plate"] == "闽A****5"
+    assert not _leaks({}, body)
+
+
+async def test_records_that_are_not_objects_become_null(masked: Pair) -> None:
+    status, _, body = await masked.call("plain", "mixed")
+    assert status == 200, body
+    doc = _doc(body)
+    assert doc[0]["plate"] == "闽A****5" and doc[1:] == [None, None, None]
+    assert not _leaks({}, body)
+
+
+async def test_pseudonyms_survive_a_renewal(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pseudonym key is the consumer's, the provider's and the resource's, not the
+    agreement's: a renewal (another agreement id) gives the consumer the same pseudonyms."""
+    from qiao.exchange import provider
+
+    secret = b"p" * 32
+    monkeypatch.setattr(provider, "load_pseudonym_secret", lambda data_dir: secret)
+    seen: list[list[str]] = []
+    for name, terms in (("a", {}), ("b", {"id": "agr-plainrenewed", "renews": "agr-plain"})):
+        agreements = open_agreements(
+            "plain",
+            fields=["history[].plate"],
+            masking={"history[].plate": {"rule": "pseudonym"}},
+            **terms,
+        )
+        where = _dir(tmp_path, name)
+        async with node_pair(where, db_url, backend(), agreements=agreements) as pair:
+            status, _, body = await pair.call("plain", "people", headers={p.H_ID: f"r-{name}"})
+            assert status == 200, body
+            assert pair.records(f"r-{name}")["provider"]["agreement"] == (
+                terms.get("id", "agr-plain")
+            )
+            seen.append([h["plate"] for h in _doc(body)[0]["history"]])
+    assert seen[0] == seen[1] and seen[0][0].startswith("ps_")
 
 
 async def test_fields_outside_the_projection_cannot_be_asked_for(masked: Pair) -> None:

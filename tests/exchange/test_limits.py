@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qiao import problems
-from qiao.agreements.document import Agreement
+from qiao.agreements.document import CST, Agreement
 from qiao.db import make_engine, migrate
-from qiao.exchange.limits import Limiter, retry_after
+from qiao.exchange.consumer import ProviderAnswer, provider_refused_over_limit
+from qiao.exchange.limits import Limiter, Reservation, retry_after
 from qiao.exchange.records import Record, RecordWriter
 from qiao.problems import Problem
 from tests.agreements.test_policy import agreement
@@ -79,13 +82,111 @@ def test_daily_quota_renews_at_midnight_china_standard_time() -> None:
     limiter.admit(a, late + timedelta(hours=1))
 
 
+# 2026-12-01 00:00 CST; the calls around it are stamped 5 ms either side.
+MIDNIGHT = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
+BEFORE, AFTER = MIDNIGHT - timedelta(milliseconds=5), MIDNIGHT + timedelta(milliseconds=5)
+
+
+def test_interleaved_calls_around_midnight_never_exceed_the_quota() -> None:
+    # Calls are stamped on arrival and admitted in the event loop's order, so stamps from
+    # both sides of CST midnight interleave. Resetting on every change of day handed out a
+    # fresh quota each time the stamps crossed back and forth.
+    a = limited(daily_quota=5)
+    limiter = Limiter(None, "provider")
+    admitted = {BEFORE: 0, AFTER: 0}
+    for i in range(40):
+        at = (BEFORE, AFTER)[i % 2]
+        try:
+            limiter.admit(a, at)
+            admitted[at] += 1
+        except Problem as p:
+            assert p.kind is problems.QUOTA_EXHAUSTED
+    # One call for the old day, then the new day's five (late stamps among them).
+    assert admitted[BEFORE] + admitted[AFTER] == 1 + 5
+    assert limiter.used(a.id) == (0, 5)
+    # A late-stamped call refused waits for the midnight ending the counted day, not the
+    # one 5 ms after its stamp.
+    with pytest.raises(Problem) as caught:
+        limiter.admit(a, BEFORE)
+    assert retry_after(caught.value) == 24 * 3600 + 1  # 24 h and 5 ms, rounded up
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    offsets=st.lists(st.integers(min_value=-5, max_value=5), max_size=60),
+    quota=st.integers(min_value=1, max_value=8),
+)
+def test_calls_in_any_order_around_midnight_never_exceed_the_quota(
+    offsets: list[int], quota: int
+) -> None:
+    a = limited(daily_quota=quota)
+    limiter = Limiter(None, "consumer")
+    admitted: list[datetime] = []
+    for ms in offsets:
+        at = MIDNIGHT + timedelta(milliseconds=ms)
+        try:
+            limiter.admit(a, at)
+            admitted.append(at)
+        except Problem as p:
+            assert p.kind is problems.QUOTA_EXHAUSTED
+    # Each call counts against the day of its stamp, or the later day already being
+    # counted when it arrived: at most a quota for each of the two days.
+    first_new_day = next((i for i, at in enumerate(admitted) if at >= MIDNIGHT), len(admitted))
+    assert first_new_day <= quota
+    assert len(admitted) - first_new_day <= quota
+
+
 def test_release_gives_back_a_reservation() -> None:
     a = limited(daily_quota=1, rate_limit={"requests": 1, "per_seconds": 60})
     limiter = Limiter(None, "consumer")
-    limiter.admit(a, NOW)
-    limiter.release(a, NOW)
+    reservation = limiter.admit(a, NOW)
+    assert reservation == Reservation(a.id, NOW, NOW.date())
+    limiter.release(reservation)
     assert limiter.used(a.id) == (0, 0)
     limiter.admit(a, NOW)
+    assert limiter.admit(limited(), NOW) is None  # no limits: nothing to give back
+
+
+def test_release_of_a_late_stamped_call_gives_back_to_the_day_it_was_counted_against() -> None:
+    a = limited(daily_quota=2)
+    limiter = Limiter(None, "consumer")
+    limiter.admit(a, AFTER)
+    late = limiter.admit(a, BEFORE)  # counted against the new day
+    assert late is not None and late.day == AFTER.astimezone(CST).date()
+    assert limiter.used(a.id) == (0, 2)
+    limiter.release(late)
+    assert limiter.used(a.id) == (0, 1)
+    # A reservation of a day that is over does not shrink the current day's count.
+    old = limiter.admit(limited(id="agr-0002", daily_quota=2), BEFORE)
+    assert old is not None
+    limiter.admit(limited(id="agr-0002", daily_quota=2), AFTER)
+    limiter.release(old)
+    assert limiter.used("agr-0002") == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "request_hash", "release"),
+    [
+        # The provider node's own refusal: decided before it hashed the request.
+        (problems.QUOTA_EXHAUSTED.uri, "", True),
+        (problems.RATE_LIMITED.uri, "", True),
+        # The same types from the backend, relayed with the provider node's request hash: the
+        # provider node admitted and counted the call, so this node's count stands.
+        (problems.QUOTA_EXHAUSTED.uri, "ab" * 32, False),
+        (problems.RATE_LIMITED.uri, "ab" * 32, False),
+        # Anything else the provider answers or refuses is a call it did not refuse as over
+        # a limit.
+        (problems.PURPOSE_NOT_ALLOWED.uri, "", False),
+        ("", "ab" * 32, False),
+        ("", "", False),
+    ],
+)
+def test_the_consumer_node_gives_back_only_what_the_provider_node_refused(
+    problem_type: str, request_hash: str, release: bool
+) -> None:
+    # Unit test of the decision: the node pair (tests/exchange/test_agreements.py) would show
+    # the same through real processes; here each input is set directly.
+    assert provider_refused_over_limit(problem_type, ProviderAnswer(request_hash)) is release
 
 
 def test_agreements_without_limits_are_not_counted() -> None:
@@ -96,7 +197,13 @@ def test_agreements_without_limits_are_not_counted() -> None:
     assert limiter.used(a.id) == (0, 0)
 
 
-def _record(agreement_id: str, at: datetime, role: str = "provider", problem: str = "") -> Record:
+def _record(
+    agreement_id: str,
+    at: datetime,
+    role: str = "provider",
+    problem: str = "",
+    request_hash: str = "",
+) -> Record:
     return Record(
         exchange_id="x",
         role=role,
@@ -109,6 +216,7 @@ def _record(agreement_id: str, at: datetime, role: str = "provider", problem: st
         status=429 if problem else 200,
         problem_type=problem,
         agreement=agreement_id,
+        request_hash=request_hash,
     )
 
 
@@ -119,9 +227,15 @@ async def test_a_restart_seeds_the_counts_from_the_records(db_url: str) -> None:
     a = limited(daily_quota=10, rate_limit={"requests": 5, "per_seconds": 60})
     midnight = datetime(2026, 11, 29, 16, 0, tzinfo=UTC)  # 2026-11-30 00:00 CST
     records = [
-        # Today (CST), counted: 4 of them, 2 within the last minute.
+        # Today (CST), counted: 4 of them, 2 within the last minute. One is the backend's
+        # own 429 with a limiter's type, relayed (so hashed): this node admitted that call.
         _record(a.id, midnight + timedelta(minutes=5)),
-        _record(a.id, NOW - timedelta(minutes=30)),
+        _record(
+            a.id,
+            NOW - timedelta(minutes=30),
+            problem=problems.QUOTA_EXHAUSTED.uri,
+            request_hash="ab" * 32,
+        ),
         _record(a.id, NOW - timedelta(seconds=50)),
         _record(a.id, NOW - timedelta(seconds=10)),
         # Not counted: yesterday in CST (today in UTC), refused by the limiter, the other
@@ -131,12 +245,24 @@ async def test_a_restart_seeds_the_counts_from_the_records(db_url: str) -> None:
         _record(a.id, NOW - timedelta(seconds=5), problem=problems.RATE_LIMITED.uri),
         _record(a.id, NOW - timedelta(seconds=5), role="consumer"),
         _record("agr-other", NOW - timedelta(seconds=5)),
+        # At the consumer's node every forwarded call is hashed, so there the limiter's
+        # type alone means "refused" (here: by the provider node), and is not counted.
+        _record(
+            a.id,
+            NOW - timedelta(seconds=4),
+            role="consumer",
+            problem=problems.RATE_LIMITED.uri,
+            request_hash="cd" * 32,
+        ),
     ]
     try:
         await asyncio.gather(*(writer.write(r) for r in records))
         limiter = Limiter(engine, "provider")
         limiter.seed([a], NOW)
         assert limiter.used(a.id) == (2, 4)
+        consumer = Limiter(engine, "consumer")
+        consumer.seed([a], NOW)
+        assert consumer.used(a.id) == (1, 1)
         # 3 more fit the window of 5.
         for _ in range(3):
             limiter.admit(a, NOW)

@@ -55,6 +55,8 @@ def backend() -> web.Application:
 
     async def answer(request: web.Request) -> web.StreamResponse:
         kind = request.match_info["kind"]
+        if kind == "created":  # a 201 without a body: nothing to check
+            return web.Response(status=201, headers={"Location": "/violations/1"})
         if kind == "valid":
             return web.json_response(records(3))
         if kind == "valid-array":
@@ -459,6 +461,9 @@ async def test_compressed_and_large_valid_answers_pass(pair: Pair) -> None:
 async def test_backend_problems_and_unschematized_resources_pass_through(pair: Pair) -> None:
     status, _, body = await pair.call("vehicle-violations", "problem", headers={p.H_ID: "nf-1"})
     assert status == 404 and _problem(body)["type"] == "urn:example:no-such-plate"
+    # A 201 without a body carries no records: it passes, not a 502.
+    status, _, body = await pair.call("vehicle-violations", "created")
+    assert status == 201 and body == b"", body
     assert pair.records("nf-1")["consumer"]["problem_type"] == "urn:example:no-such-plate"
     # No schema: anything goes through, streamed as before.
     for path in ("invalid", "text", "big"):

@@ -49,6 +49,9 @@ class Access:
     body: Any = None
     query: str = ""
     people_only: bool = False  # organization access tokens may not (two-person rules)
+    # Whether the platform administrator passes as holder of every role; False where only a
+    # person of the organization concerned may act (applying, subscribing: docs/agreements.md).
+    platform: bool = True
 
 
 PUBLIC = Access("public")
@@ -57,9 +60,14 @@ SESSION = Access("session")
 
 
 def roles(
-    *rs: Role, scoped: bool = True, body: Any = None, query: str = "", people_only: bool = False
+    *rs: Role,
+    scoped: bool = True,
+    body: Any = None,
+    query: str = "",
+    people_only: bool = False,
+    platform: bool = True,
 ) -> Access:
-    return Access("roles", frozenset(rs), scoped, body, query, people_only)
+    return Access("roles", frozenset(rs), scoped, body, query, people_only, platform)
 
 
 PLATFORM = roles(R.PLATFORM_ADMIN, scoped=False)
@@ -174,6 +182,7 @@ TABLE: dict[tuple[str, str], Access] = {
         R.DATA_STEWARD,
         R.APPROVER,
         scoped=False,
+        platform=False,
         body={"purposes": ["road-safety"]},
     ),
     ("POST", "/api/v1/requests"): roles(
@@ -182,6 +191,7 @@ TABLE: dict[tuple[str, str], Access] = {
         R.DATA_STEWARD,
         R.APPROVER,
         scoped=False,
+        platform=False,
         body={
             "provider": A,
             "resource": "res-a",
@@ -328,7 +338,7 @@ def expected(access: Access, caller: Caller) -> bool:
         return caller.kind == "session"
     assert caller.role is not None
     if caller.role is Role.PLATFORM_ADMIN:
-        return True
+        return access.platform
     if caller.role not in access.roles:
         return False
     if access.people_only and caller.kind == "token":

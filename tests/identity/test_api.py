@@ -226,11 +226,16 @@ def test_users_endpoints_scoped_by_organization(hub: Hub) -> None:
     h2 = {"X-CSRF-Token": hub.sign_in(c2, "a-admin3", second)["csrf_token"]}
     r = c2.post("/api/v1/users/approver/mfa-reset", headers=h2)
     assert r.status_code == 200 and r.json() == {"status": "reset"}
-    # Password change.
+    # Password change: every other session of the user ends, the one it was made in stays.
+    elsewhere = hub.client("203.0.113.50")
+    hub.sign_in(elsewhere, "a-admin", secret)
+    assert elsewhere.get("/api/v1/session").status_code == 200
     r = c.put(
         "/api/v1/me/password", json={"current": PASSWORD, "new": "Brand-new-pass-99"}, headers=h
     )
     assert r.status_code == 204
+    assert elsewhere.get("/api/v1/session").status_code == 401
+    assert c.get("/api/v1/session").status_code == 200
     _problem(c.put("/api/v1/me/password", json={"current": "Brand-new-pass-99", "new": "weak"},
                    headers=h), 422, "weak-password")  # fmt: skip
 

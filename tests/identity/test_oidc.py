@@ -425,6 +425,39 @@ def test_refresh_tokens_rotate_and_reuse_revokes_the_family(hub: Hub) -> None:
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
+def test_a_refresh_follows_role_changes_and_stops_for_a_disabled_user(hub: Hub) -> None:
+    """Refresh tokens do not repeat what was true at sign-in: new tokens carry the roles the
+    user holds now, and once the user is disabled the refresh is refused (and its family
+    revoked)."""
+    client = hub.register()
+    rp = hub.rp(client)
+    cookie = hub.sign_in("zhao.lei")
+    auth, location = hub.authorize(rp, cookie)
+    first = rp.fetch_access_token(
+        APP_URI, code=code_of(location), code_verifier=auth["code_verifier"]
+    )
+    identity, username = hub.app.state.identity, hub.users[cookie]
+    identity.set_roles(CLI, username, frozenset({Role.AUDITOR}))
+    r = _token_error(hub, client, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert r.status_code == 200, r.text
+    at = verify_access_token(
+        r.json()["access_token"],
+        httpx.get(hub.url + "/oauth2/jwks").json(),
+        issuer=hub.url,
+        audience=node_audience("CN-T", A),
+    )
+    info = httpx.get(
+        hub.url + "/oauth2/userinfo",
+        headers={"Authorization": f"Bearer {r.json()['access_token']}"},
+    ).json()
+    assert at.subject.startswith("user:zhao.lei") and info["roles"] == ["auditor"]
+    identity.set_disabled(CLI, username, True)
+    refused = _token_error(
+        hub, client, grant_type="refresh_token", refresh_token=r.json()["refresh_token"]
+    )
+    assert refused.json()["error"] == "invalid_grant"
+
+
 def test_logout_ends_the_session_and_returns_to_the_app(hub: Hub) -> None:
     client = hub.register()
     rp = hub.rp(client)

@@ -99,6 +99,72 @@ def test_privilege_escalation_across_organizations_and_roles(hub: Hub) -> None:
     assert _type(e) == "urn:qiao:problem:hub:weak-password"
 
 
+def test_one_totp_code_signs_in_once_even_when_sign_ins_race(hub: Hub) -> None:
+    """Eight sign-ins with the same valid code at the same moment: exactly one is accepted
+    (RFC 6238 §5.2), on SQLite (no row locks) as on PostgreSQL."""
+    import threading
+
+    secret = hub.user("racer", Role.APPROVER)
+    assert secret
+    hub.clock.advance(30)
+    code = hub.code(secret)
+    start = threading.Barrier(8)
+    results: list[str] = []
+
+    def attempt() -> None:
+        start.wait()
+        try:
+            hub.identity.sign_in("racer", PASSWORD, otp=code, client_address="10.0.0.9")
+            results.append("in")
+        except SignInRefused:
+            results.append("refused")
+        except Exception as exc:  # anything else is a defect the assertion below shows
+            results.append(repr(exc))
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["in"] + ["refused"] * 7
+
+
+def test_parallel_guesses_never_exceed_the_allowance(hub: Hub) -> None:
+    """Twenty wrong passwords at once: no more than sign_in_max_failures of them reach the
+    password check (each attempt is counted before it is checked)."""
+    import threading
+
+    hub.user("target", Role.AUDITOR)
+    checked: list[int] = []
+    real_verify = hub.identity.hashing.verify
+
+    def counting_verify(stored: str | None, password: str) -> bool:
+        checked.append(1)
+        return real_verify(stored, password)
+
+    hub.identity.hashing.verify = counting_verify  # type: ignore[method-assign]
+    start = threading.Barrier(20)
+    refused: list[int | None] = []
+
+    def guess(i: int) -> None:
+        start.wait()
+        try:
+            hub.identity.sign_in("target", f"guess number {i}!", client_address=f"10.1.0.{i}")
+        except SignInRefused as exc:
+            refused.append(exc.retry_after)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(refused) == 20
+    assert len(checked) <= hub.settings.sign_in_max_failures
+    # And the right password afterwards is locked out too, until the wait is over.
+    with pytest.raises(SignInRefused):
+        hub.identity.sign_in("target", PASSWORD, client_address="10.1.0.99")
+
+
 def test_sign_in_with_totp_and_recovery_codes(hub: Hub) -> None:
     ident = hub.identity
     secret = hub.user("approver", Role.APPROVER)

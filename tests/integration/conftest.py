@@ -129,6 +129,10 @@ class HubProxy:
     session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
+        from qiao.registry.services import NODE_FETCH_HEADERS
+
+        node_headers = {h.lower() for h in NODE_FETCH_HEADERS}
+
         async def conf(request: web.Request) -> web.StreamResponse:
             if self.mode == "down":
                 # Drop the connection as an unreachable hub would (aiohttp would log each one).
@@ -139,10 +143,13 @@ class HubProxy:
             if self.session is None:
                 self.session = aiohttp.ClientSession()
             tamper = self.mode == "tamper" and request.path == "/api/v1/global-configuration"
+            # The node's signature on the fetch goes through even when tampering, so that
+            # the tampered answer is the full configuration and fails on its signature.
             headers = {
                 k: v
                 for k, v in request.headers.items()
-                if k.lower() in ("content-type", "if-none-match") and not tamper
+                if (k.lower() in ("content-type", "if-none-match") and not tamper)
+                or k.lower() in node_headers
             }
             async with self.session.request(
                 request.method,

@@ -99,9 +99,10 @@ def test_new_suspended_resumed_and_revoked_agreements_reach_every_node_within_5_
     assert max(timings.values()) < PROPAGATION_LIMIT_S, timings
 
 
-def test_the_provider_node_refuses_what_its_agreement_does_not_allow(city: City) -> None:
-    # Public security's node decides again (authoritative): a purpose the agreement does not
-    # list is refused at the consumer node before anything leaves it.
+def test_the_consumer_node_refuses_early_what_the_agreement_does_not_allow(city: City) -> None:
+    # A purpose the agreement does not list is refused at the consumer node before anything
+    # leaves it. (The provider node's own refusal, for a call sent to it directly over mutual
+    # TLS, is tested in test_exchange.py, test_provider_refuses_certificates_not_in_the_...)
     h = city.headers("transport", "traffic-enforcement", **{"X-Qiao-Purpose": "marketing"})
     r = httpx.get(
         city.url("transport", "police", "vehicle-violations"), params={"plate": "x"}, headers=h

@@ -121,6 +121,11 @@ def test_access_tokens_the_node_refuses(city: City) -> None:
     for why, tok in bad.items():
         body = problem(call(city, tok), 401, "urn:qiao:problem:client:bad-credential")
         assert body["detail"], why
+    # A token asked for sign-in alone does not let the app call the exchange for the user.
+    body = problem(
+        call(city, token(city, scope="openid profile")), 403, "urn:qiao:problem:client:out-of-scope"
+    )
+    assert "'qiao'" in body["detail"]
 
 
 def test_scoped_api_keys(city: City) -> None:

@@ -123,3 +123,22 @@ def test_cache_survives_a_restart_and_a_damaged_cache_is_ignored(tmp_path: Path,
     (tmp_path / CACHE_FILE).write_text(json.dumps(saved))
     damaged = cache(tmp_path, key, clock)
     assert damaged.current is None
+
+
+def test_the_public_form_is_refused(tmp_path: Path, key: Any) -> None:
+    """The hub's public form, correctly signed, must not replace the node's agreements: a man
+    in the middle could replay it to strip them."""
+    c = cache(tmp_path, key, Clock())
+    full = {**doc(5), "agreements": [], "emergencies": []}
+    c.accept(signing.sign_document(key, full, kind=KIND))
+    public = {**doc(6), "redacted": True}
+    with pytest.raises(ValueError, match="public configuration, without agreements"):
+        c.accept(signing.sign_document(key, public, kind=KIND))
+    assert c.last_error.startswith("refused a configuration from the hub: the hub sent the public")
+    assert c.usable().serial == 5 and "agreements" in c.usable().document
+    # Nor is it taken from a fresh node's disk.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    saved = {"envelope": signing.sign_document(key, public, kind=KIND), "last_reached": 1.0}
+    (fresh / CACHE_FILE).write_text(json.dumps(saved))
+    assert cache(fresh, key, Clock()).current is None

@@ -1,7 +1,8 @@
 """Configuration changes reach nodes within 5 seconds: the hub's long poll
 (``GET /api/v1/global-configuration?wait=N``) against a real hub served by uvicorn on
-SQLite and PostgreSQL, and the node's ``fetch_loop`` against it and against a scripted stub
-(errors, back-off, a hub that ignores ``wait``). Every loop here stops by itself."""
+SQLite and PostgreSQL, with one reader of the serial however many nodes wait, and the node's
+``fetch_loop`` against it and against a scripted stub (errors, back-off, a hub that ignores
+``wait``). Every loop here stops by itself."""
 
 from __future__ import annotations
 
@@ -28,8 +29,16 @@ from qiao.config import HubSettings
 from qiao.globalconf import KIND
 from qiao.hub.app import create_app, open_registry
 from qiao.identity.roles import Principal, Role
-from qiao.node.confcache import CACHE_FILE, ConfigurationCache, Fetched, fetch_loop, fetch_once
+from qiao.node.confcache import (
+    CACHE_FILE,
+    ConfigurationCache,
+    Fetched,
+    NodeCredentials,
+    fetch_loop,
+    fetch_once,
+)
 from qiao.registry.services import RegistryService
+from tests.hub.test_global_configuration import enrolled_node
 from tests.node.test_confcache import doc
 
 A = "91350100M000100Y43"
@@ -93,6 +102,7 @@ def node_cache(tmp_path: Path, public_key: str) -> ConfigurationCache:
 # --- the hub's long poll --------------------------------------------------------------------
 def test_a_change_reaches_the_node_within_five_seconds(hub: Hub, tmp_path: Path) -> None:
     cache = node_cache(tmp_path, hub.registry.keys.conf_public_text)
+    credentials = enrolled_node(hub.registry, A, "health-node")
     # Another replica on the same database makes the changes: the waiting request must see
     # them through the database, not through its own process.
     other = open_registry(hub.settings, run_migrations=False)
@@ -105,14 +115,18 @@ def test_a_change_reaches_the_node_within_five_seconds(hub: Hub, tmp_path: Path)
         other.add_organization(B, "市公安局")
 
     def declare_emergency() -> None:
-        e = emergencies.declare(admins[0], reason="疫情应急演练", duration_hours=2)
+        e = emergencies.declare(
+            admins[0], resources=[f"{A}/epidemic-daily"], reason="疫情应急演练", duration_hours=2
+        )
         emergencies.confirm(admins[1], e.id)
 
     async def scenario() -> list[float]:
         adopted: asyncio.Queue[int] = asyncio.Queue()
         cache.listeners.append(lambda conf: adopted.put_nowait(conf.serial))
         async with aiohttp.ClientSession() as session:
-            loop = asyncio.create_task(fetch_loop(cache, hub.url, 30, session, wait=25))
+            loop = asyncio.create_task(
+                fetch_loop(cache, hub.url, 30, session, wait=25, credentials=credentials)
+            )
             try:
                 first = await asyncio.wait_for(adopted.get(), 10)
                 lags = []
@@ -196,6 +210,73 @@ def test_waiting_nodes_hold_no_worker_thread(hub: Hub) -> None:
     codes, answered = asyncio.run(scenario())
     assert codes == [304] * 60
     assert answered < 1.0, answered
+
+
+def test_waiting_nodes_share_one_reader_of_the_serial(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 nodes waiting cost about one database read per poll interval, not 50; a change
+    (made by another replica) still wakes them all; when nobody waits, reading stops."""
+    reads: list[float] = []
+    real = hub.registry.serial
+
+    def counted() -> int:
+        reads.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(hub.registry, "serial", counted)
+    other = open_registry(hub.settings, run_migrations=False)
+    current = {"If-None-Match": f'"{real()}"'}
+    poll = hub.settings.configuration_poll_seconds
+
+    async def scenario() -> tuple[int, list[int], float]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=hub.url, limits=limits, timeout=20) as client:
+            waits = [
+                asyncio.create_task(client.get(CONF, params={"wait": 10}, headers=current))
+                for _ in range(50)
+            ]
+            await asyncio.sleep(0.5)  # all 50 are waiting now
+            before = len(reads)
+            await asyncio.sleep(4 * poll)
+            window = len(reads) - before
+            await asyncio.to_thread(other.add_organization, B, "市公安局")
+            changed = time.monotonic()
+            answers = await asyncio.gather(*waits)
+            return window, [r.status_code for r in answers], time.monotonic() - changed
+
+    window, codes, lag = asyncio.run(scenario())
+    # Four intervals: about four reads (one watcher); fifty pollers would have made 200.
+    assert 2 <= window <= 6, window
+    assert codes == [200] * 50 and lag < 2.0, lag
+    settled = len(reads)
+    time.sleep(4 * poll)
+    assert len(reads) == settled  # nobody waits: the watcher stopped
+
+
+def test_a_node_refuses_the_public_configuration(hub: Hub, tmp_path: Path) -> None:
+    """Without its signature (or with a stale one) a node gets the public form and refuses
+    it, keeping what it has; signed, it gets and adopts the full configuration."""
+    cache = node_cache(tmp_path, hub.registry.keys.conf_public_text)
+    good = enrolled_node(hub.registry, A, "health-node")
+    late = NodeCredentials(good.node, good.fingerprint, good.key, clock=lambda: time.time() - 900)
+
+    async def fetch(credentials: NodeCredentials | None) -> Fetched:
+        async with aiohttp.ClientSession() as session:
+            return await fetch_once(cache, hub.url + CONF, session, credentials=credentials)
+
+    assert asyncio.run(fetch(None)) is Fetched.FAILED
+    assert cache.current is None
+    assert "public configuration, without agreements" in cache.last_error
+    assert asyncio.run(fetch(good)) is Fetched.CHANGED
+    assert cache.current is not None and "agreements" in cache.current.document
+    serial = cache.current.serial
+    hub.registry.add_app(A, "dashboard")  # a new serial, so that the hub sends a document
+    assert asyncio.run(fetch(late)) is Fetched.FAILED
+    assert "(the hub says: the node's clock is 90" in cache.last_error
+    assert "s behind the hub's; at most 300 s either way)" in cache.last_error
+    assert cache.current.serial == serial and "agreements" in cache.current.document
+    assert asyncio.run(fetch(good)) is Fetched.CHANGED and cache.current.serial > serial
 
 
 # --- the node's loop against a scripted hub ------------------------------------------------

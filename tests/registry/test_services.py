@@ -9,7 +9,12 @@ from qiao.db import make_engine, migrate, session_factory
 from qiao.globalconf import KIND, GlobalConf
 from qiao.problems import Problem
 from qiao.registry.models import EnrollmentToken
-from qiao.registry.services import HubKeys, RegistryService
+from qiao.registry.services import (
+    FETCH_CLOCK_SKEW_SECONDS,
+    HubKeys,
+    RegistryService,
+    sign_configuration_fetch,
+)
 
 ORG_A = "91350100M000100Y43"
 ORG_B = "91110000802100433B"
@@ -118,6 +123,69 @@ def test_signed_configuration_tracks_every_change(registry: RegistryService) -> 
     with pytest.raises(Problem) as err:
         registry.revoke("a-node")
     assert err.value.kind is problems.NOT_FOUND
+
+
+def test_both_forms_are_signed_once_per_serial(
+    registry: RegistryService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.add_organization(ORG_A, "甲")
+    built: list[int] = []
+    real = registry.global_conf_document
+
+    def counted() -> dict[str, object]:
+        doc = real()
+        built.append(int(str(doc["serial"])))
+        return doc
+
+    monkeypatch.setattr(registry, "global_conf_document", counted)
+    full, public = registry.signed_global_conf(), registry.signed_global_conf(redacted=True)
+    assert registry.signed_global_conf() is full
+    assert registry.signed_global_conf(redacted=True) is public
+    assert built == [registry.serial()]  # one document for both forms
+    pub = registry.keys.conf_key.public_key()
+    f = signing.verify_document(full, pub, kind=KIND)
+    p = signing.verify_document(public, pub, kind=KIND)
+    assert f["serial"] == p["serial"] and p["redacted"] is True and "redacted" not in f
+    assert {"agreements", "emergencies"} <= set(f) and not {"agreements", "emergencies"} & set(p)
+    assert {k: v for k, v in f.items() if k not in ("agreements", "emergencies")} == {
+        k: v for k, v in p.items() if k != "redacted"
+    }
+    with pytest.raises(ValueError, match="public configuration"):
+        GlobalConf.compile(p)
+    registry.add_app(ORG_A, "caller")
+    assert registry.signed_global_conf(redacted=True)["document"]["serial"] > p["serial"]
+    assert built == [p["serial"], p["serial"] + 1]
+
+
+def test_a_node_signature_needs_a_current_certificate(registry: RegistryService) -> None:
+    registry.add_organization(ORG_A, "甲")
+    token, _ = registry.create_enrollment_token(ORG_A)
+    key = pki.generate_private_key()
+    csr = pki.csr_to_pem(pki.create_csr(key, "a-node", ORG_A)).decode()
+    enrolled = registry.enroll(token, csr, "a-node", "https://127.0.0.1:9443")
+    cert = pki.load_cert_pem(enrolled.certificate_pem.encode())
+    fp = pki.fingerprint(cert)
+    now = datetime.now(UTC).timestamp()
+    reader = registry.configuration_reader(
+        sign_configuration_fetch(key, "a-node", fp, int(now)), now=now
+    )
+    assert reader.enrolled and reader.node == "a-node" and reader.refused == ""
+    # Fingerprints are hex; upper case is the same certificate.
+    upper = sign_configuration_fetch(key, "a-node", fp.upper(), int(now))
+    assert registry.configuration_reader(upper, now=now).enrolled
+    # The same signature, at a time after the certificate ran out (its clock in step).
+    later = cert.not_valid_after_utc.timestamp() + 60
+    reader = registry.configuration_reader(
+        sign_configuration_fetch(key, "a-node", fp, int(later)), now=later
+    )
+    assert not reader.enrolled and reader.refused == "node a-node's certificate has expired"
+    skewed = registry.configuration_reader(
+        sign_configuration_fetch(key, "a-node", fp, int(now) - FETCH_CLOCK_SKEW_SECONDS - 5),
+        now=now,
+    )
+    assert not skewed.enrolled and "behind the hub's" in skewed.refused
+    # No node headers at all: the public, with nothing to say.
+    assert registry.configuration_reader({}, now=now) == type(reader)()
 
 
 def test_operator_tokens(registry: RegistryService) -> None:
