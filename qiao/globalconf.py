@@ -28,6 +28,7 @@ class NodeEntry:
     fingerprints: frozenset[str]
     witness_key: str = ""
     witness_url: str = ""
+    events_key: str = ""  # base64 X25519 key events are sealed to; "" = cannot receive events
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class GlobalConf:
                     fps,
                     n.get("witness_key", ""),
                     n.get("witness_url", ""),
+                    # Documents from before event streams have no "events_key".
+                    n.get("events_key", ""),
                 )
                 by_org.setdefault(entry.org, []).append(entry)
                 for fp in fps:

@@ -130,6 +130,9 @@ class Column:
     example: str = ""
     choices: tuple[str, ...] = ()  # Chinese labels offered in the drop-down
     width: int = 16
+    # Added to the template after its first release: a workbook made from an earlier template
+    # may lack the column (only at the end of its sheet), and reads as if it were empty.
+    since_v2: bool = False
 
 
 def _labels(kind: type[StrEnum]) -> tuple[str, ...]:
@@ -296,6 +299,24 @@ SHEETS: dict[str, tuple[Column, ...]] = {
             tuple(STATUS_LABELS.values()),
             width=10,
         ),
+        Column(
+            "stream_partition_key",
+            "事件分区键",
+            False,
+            "共享方式含事件订阅时必填:保持事件顺序的信息项字段,如事故编号",
+            "",
+            width=14,
+            since_v2=True,
+        ),
+        Column(
+            "stream_retention_hours",
+            "事件保留时长(小时)",
+            False,
+            "事件可重放的时长,留空为 168(7 天)",
+            "",
+            width=12,
+            since_v2=True,
+        ),
     ),
     ITEMS: _ITEM_COLUMNS,
     PARAMETERS: _ITEM_COLUMNS,
@@ -389,6 +410,8 @@ def _rows(ws: Worksheet, sheet: str, errors: _Collector) -> list[_Row] | None:
         letter = get_column_letter(i)
         header = _cell_text(ws.cell(1, i).value)
         key = _cell_text(ws.cell(2, i).value)
+        if col.since_v2 and not header and not key:
+            continue  # an earlier template's workbook: the column reads as empty
         if header != col.header:
             found = f"found {header!r}" if header else "it is empty"
             errors.add(
@@ -764,12 +787,22 @@ def _read_resources(
                     sharing_methods=tuple(methods),
                     related=_split(row.text("related")),
                     keywords=_split(row.text("keywords")),
+                    stream=_stream(row),
                     **{k: v for k, v in values.items() if v is not None},
                 )
             )
         except ValidationError as exc:
             _pydantic(row, exc, "code")
     return resources
+
+
+def _stream(row: _Row) -> dict[str, Any] | None:
+    """The stream of a resource shared as events (its partition key, its retention)."""
+    key = row.text("stream_partition_key")
+    hours = _int(row, "stream_retention_hours")
+    if not key and hours is None:
+        return None
+    return {"partition_key": key, **({"retention_hours": hours} if hours is not None else {})}
 
 
 def read_workbook(
@@ -997,6 +1030,8 @@ def write_workbook(catalog: Catalog) -> bytes:
             "；".join(r.keywords),
             r.version or None,
             STATUS_LABELS[r.status],
+            r.stream.partition_key if r.stream else "",
+            r.stream.retention_hours if r.stream else None,
         )
         for sheet, group in ((items, r.items), (params, r.parameters)):
             for it in group:

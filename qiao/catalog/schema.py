@@ -60,7 +60,8 @@ def derive_schemas(
     elements: Mapping[str, DataElement],
     code_lists: Mapping[str, CodeList],
 ) -> dict[str, Any]:
-    """``{"response": schema, "request": schema or None}`` for ``resource``.
+    """``{"response": schema, "request": schema or None}`` for ``resource``, and ``"event"``
+    (the schema of one event: a record) when the resource is also an event stream.
 
     Deterministic: the same catalog entries give the same RFC 8785 bytes, so the hub can hash
     and sign them. Raises ``ValueError`` if an item binds an unknown data element or code list.
@@ -89,7 +90,16 @@ def derive_schemas(
             "title": f"{resource.name} 请求参数",
             **_object_schema(resource.parameters, elements, code_lists, None),
         }
-    return {"response": response, "request": request}
+    schemas: dict[str, Any] = {"response": response, "request": request}
+    if resource.stream is not None:
+        # One event is one record (qiao.events): the provider node checks each against it.
+        schemas["event"] = {
+            "$schema": DIALECT,
+            "$id": f"{base}:event",
+            **record,
+            "title": f"{resource.name} 事件",
+        }
+    return schemas
 
 
 def _wrap(records: dict[str, Any], pointer: str) -> dict[str, Any]:

@@ -129,6 +129,10 @@ def parse_document(model: type[DataElement] | type[CodeList], data: Any) -> Any:
 def _version_document(spec: ResourceSpec, version: int) -> bytes:
     # Status is where a resource stands, not what it is: it stays out of the cited bytes.
     doc = spec.model_dump(mode="json", exclude={"status"})
+    if doc.get("stream") is None:
+        # Added with event streams: absent when unset, so the versions published before it
+        # keep their bytes and their hashes.
+        doc.pop("stream", None)
     doc["version"] = version
     return canonical_json(doc)
 

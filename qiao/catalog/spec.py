@@ -208,6 +208,16 @@ class Item(_Doc):
     description: str = ""
 
 
+class StreamSpec(_Doc):
+    """事件流: how a resource offered as events (``SharingMethod.EVENTS``) is published. Each
+    event is one record of the resource (its items); order is kept per partition key (an
+    accident's updates stay in order, accidents among themselves need not), and events stay
+    replayable for the retention period."""
+
+    partition_key: str = Field(pattern=FIELD_NAME.pattern)  # a required item's field
+    retention_hours: int = Field(168, ge=1, le=24 * 366)
+
+
 class ResourceSpec(_Doc):
     """信息资源: what a provider publishes. The hub assigns ``version`` and ``status``."""
 
@@ -234,6 +244,8 @@ class ResourceSpec(_Doc):
     published_on: date | None = None
     related: tuple[str, ...] = ()  # codes of related resources ("{org}/{code}" or "{code}")
     keywords: tuple[str, ...] = ()
+    # Set when the resource is also offered as an event stream (sharing method "events").
+    stream: StreamSpec | None = None
     version: int = Field(0, ge=0)  # 0 until the hub publishes it
     status: ResourceStatus = ResourceStatus.PUBLISHED
 
@@ -254,6 +266,18 @@ class ResourceSpec(_Doc):
                 raise ValueError(f"{what} field {dup!r} appears twice")
         if not self.sharing_methods:
             raise ValueError("a resource needs at least one sharing method")
+        events = SharingMethod.EVENTS in self.sharing_methods
+        if events and self.stream is None:
+            raise ValueError("a resource shared as events (事件订阅) declares its stream")
+        if self.stream is not None:
+            if not events:
+                raise ValueError("a stream is declared only with the sharing method events")
+            key = next((i for i in self.items if i.field == self.stream.partition_key), None)
+            if key is None or not key.required:
+                raise ValueError(
+                    f"the stream's partition key {self.stream.partition_key!r} must be a "
+                    "required item of the resource"
+                )
         return self
 
 

@@ -21,6 +21,7 @@ from qiao.catalog.spec import (
     ResourceSpec,
     SharingMethod,
     SharingType,
+    StreamSpec,
     UpdateCycle,
 )
 
@@ -64,7 +65,9 @@ def demo_catalog(codes: Mapping[str, str]) -> Catalog:
             ),
             records_at="/accidents",
             sharing_type=SharingType.UNCONDITIONAL,
-            sharing_methods=(SharingMethod.SERVICE, SharingMethod.DATASET),
+            sharing_methods=(SharingMethod.SERVICE, SharingMethod.EVENTS, SharingMethod.DATASET),
+            # Published to transport as they happen (issue 7): one accident's updates in order.
+            stream=StreamSpec(partition_key="accident_id", retention_hours=72),
             openness=Openness.CONDITIONAL,
             update_cycle=UpdateCycle.DAILY,
             published_on=PUBLISHED,
@@ -147,6 +150,7 @@ def demo_catalog(codes: Mapping[str, str]) -> Catalog:
             records_at="/stations",
             sharing_type=SharingType.UNCONDITIONAL,
             sharing_methods=(SharingMethod.SERVICE, SharingMethod.EVENTS),
+            stream=StreamSpec(partition_key="station_id", retention_hours=24),
             openness=Openness.OPEN,
             update_cycle=UpdateCycle.REALTIME,
             published_on=PUBLISHED,

@@ -88,6 +88,12 @@ class EnrollIn(BaseModel):
     csr: str = Field(max_length=20000, description="PEM certificate signing request")
     witness_key: str = Field("", max_length=300, description="C2SP cosignature verifier key")
     witness_url: str = Field("", max_length=300, description="Where the hub sends checkpoints")
+    events_key: str = Field(
+        "",
+        max_length=64,
+        description="Base64 X25519 public key events are sealed to (HPKE, RFC 9180); "
+        "empty from nodes enrolled before event streams",
+    )
 
 
 class RevokeIn(BaseModel):
@@ -254,6 +260,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
             body.address,
             witness_key=body.witness_key,
             witness_url=body.witness_url,
+            events_key=body.events_key,
         )
         log.info("node %s of %s enrolled", e.node_name, e.org)
         return {

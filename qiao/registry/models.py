@@ -52,6 +52,10 @@ class Node(HubBase):
     # sends checkpoints to be cosigned. Empty for a node that does not witness.
     witness_key: Mapped[str] = mapped_column(String(300), default="")
     witness_url: Mapped[str] = mapped_column(String(300), default="")
+    # The node's event key: base64 X25519 public key that providers seal events to (HPKE,
+    # RFC 9180; qiao.events.envelope). Empty for a node enrolled before event streams until
+    # it registers one.
+    events_key: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qiao import pki, problems, signing
 from qiao.catalog.validators import InvalidCode, validate_uscc
 from qiao.db import utcnow
+from qiao.events import envelope
 from qiao.globalconf import KIND
 from qiao.identity.roles import Principal, Role, parse_roles
 from qiao.ledger import note
@@ -324,10 +325,13 @@ class RegistryService:
         *,
         witness_key: str = "",
         witness_url: str = "",
+        events_key: str = "",
     ) -> Enrollment:
         """Issue a certificate to a new node of the token's organization (token used once)."""
         _check_code("node", node_name)
         host = _address_host(address)
+        if events_key:
+            _check_events_key(events_key)
         if witness_key:
             try:
                 if not isinstance(note.parse_verifier_key(witness_key), note.CosignatureVerifier):
@@ -363,6 +367,7 @@ class RegistryService:
                     address=address,
                     witness_key=witness_key,
                     witness_url=witness_url,
+                    events_key=events_key,
                 )
                 s.add(node)
                 s.flush()
@@ -371,6 +376,8 @@ class RegistryService:
             else:
                 node.address = address
                 node.witness_key, node.witness_url = witness_key, witness_url
+                # The old key's private half stayed with the node's previous identity.
+                node.events_key = events_key
             try:
                 cert = pki.issue_node_certificate(
                     self.keys.ca_key,
@@ -430,6 +437,34 @@ class RegistryService:
                 c.revocation_reason = reason
             self._bump(s, "certificate.revoke", serials=[c.serial for c in certs], reason=reason)
             return [c.serial for c in certs]
+
+    def set_events_key(self, node_name: str, fingerprint: str, key_text: str) -> None:
+        """Register the event key of a node enrolled before event streams (or replace it).
+
+        ``fingerprint`` names the certificate the caller proved it holds (mutual TLS or a
+        signature, checked by the route): it must be the node's own and still valid, so one
+        node cannot redirect another's events to a key it holds."""
+        _check_events_key(key_text)
+        fingerprint = fingerprint.lower()  # hex: upper case names the same certificate
+        with self._sessions.begin() as s:
+            row = s.execute(
+                select(Node, Certificate.revoked_at, Certificate.not_after)
+                .join(Certificate, Certificate.node_id == Node.id)
+                .where(Node.name == node_name, Certificate.fingerprint == fingerprint)
+            ).one_or_none()
+            if row is None:
+                raise Problem(
+                    problems.FORBIDDEN, f"no certificate {fingerprint[:16]}… for node {node_name}"
+                )
+            node, revoked_at, not_after = row
+            if revoked_at is not None:
+                raise Problem(problems.FORBIDDEN, f"node {node_name}'s certificate is revoked")
+            if not_after <= utcnow():
+                raise Problem(problems.FORBIDDEN, f"node {node_name}'s certificate has expired")
+            if node.events_key == key_text:
+                return  # a retried registration changes nothing, so the serial stays
+            node.events_key = key_text
+            self._bump(s, "node.events-key", org=node.org_code, node=node_name, key=key_text)
 
     def list_nodes(self) -> list[tuple[Node, list[Certificate]]]:
         with self._sessions() as s:
@@ -542,6 +577,8 @@ class RegistryService:
                     "address": n.address,
                     "witness_key": n.witness_key,
                     "witness_url": n.witness_url,
+                    # Where providers seal this node's events (HPKE, qiao.events.envelope).
+                    "events_key": n.events_key,
                     "certificates": [
                         {
                             "serial": c.serial,
@@ -692,3 +729,10 @@ def _address_host(address: str) -> str:
             problems.VALIDATION, f"node address {address!r} must look like https://host:port"
         )
     return parts.hostname
+
+
+def _check_events_key(key_text: str) -> None:
+    try:
+        envelope.event_key_from_text(key_text)
+    except envelope.EnvelopeError as exc:
+        raise Problem(problems.VALIDATION, f"events key: {exc}") from exc

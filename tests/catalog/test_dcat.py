@@ -9,7 +9,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qiao.catalog.dcat import ACCESS_RIGHTS, CONTEXT, FREQUENCIES, to_dcat
-from qiao.catalog.spec import Catalog, Item, ResourceSpec, ResourceStatus, SharingType
+from qiao.catalog.spec import (
+    Catalog,
+    Item,
+    ResourceSpec,
+    ResourceStatus,
+    SharingMethod,
+    SharingType,
+)
 from qiao.catalog.standards import standard_catalog
 from qiao.demo.catalog import demo_catalog
 from qiao.demo.city import org_codes
@@ -172,7 +179,13 @@ def test_identifiers_with_spaces_and_slashes_are_escaped() -> None:
     r = (
         demo_catalog(CODES)
         .resources[0]
-        .model_copy(update={"items": (Item(field="sex", name="性别", element="GB/T 2261.1"),)})
+        .model_copy(
+            update={
+                "items": (Item(field="sex", name="性别", element="GB/T 2261.1"),),
+                "sharing_methods": (SharingMethod.SERVICE,),
+                "stream": None,
+            }
+        )
     )
     [d] = to_dcat(Catalog(resources=(r,)), base_url=BASE, org_names={})["dcat:dataset"]
     assert d["dct:conformsTo"][0]["@id"].endswith("/data-elements/GB%2FT%202261.1")

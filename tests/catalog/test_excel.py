@@ -43,6 +43,7 @@ from qiao.catalog.spec import (
     Sensitivity,
     SharingMethod,
     SharingType,
+    StreamSpec,
     UpdateCycle,
 )
 from qiao.catalog.standards import standard_catalog
@@ -213,6 +214,16 @@ def catalogs(draw: st.DrawFn) -> Catalog:
             Item(field=f, name=draw(words), element=draw(st.sampled_from(element_ids)))
             for f in draw(st.lists(field, max_size=2, unique=True))
         )
+        methods = tuple(
+            draw(st.lists(st.sampled_from(SharingMethod), min_size=1, max_size=3, unique=True))
+        )
+        # Shared as events: the stream is keyed by a required item (one is made required).
+        stream = None
+        if SharingMethod.EVENTS in methods:
+            items = (items[0].model_copy(update={"required": True}), *items[1:])
+            stream = StreamSpec(
+                partition_key=items[0].field, retention_hours=draw(st.integers(1, 24 * 366))
+            )
         resources.append(
             ResourceSpec(
                 code=code,
@@ -227,13 +238,8 @@ def catalogs(draw: st.DrawFn) -> Catalog:
                 sharing_type=sharing,
                 sharing_conditions=draw(words) if sharing is SharingType.CONDITIONAL else "",
                 legal_basis=draw(words) if sharing is not SharingType.UNCONDITIONAL else "",
-                sharing_methods=tuple(
-                    draw(
-                        st.lists(
-                            st.sampled_from(SharingMethod), min_size=1, max_size=3, unique=True
-                        )
-                    )
-                ),
+                sharing_methods=methods,
+                stream=stream,
                 openness=draw(st.sampled_from(Openness)),
                 update_cycle=draw(st.sampled_from(UpdateCycle)),
                 published_on=draw(st.one_of(st.none(), st.dates(date(2000, 1, 1)))),

@@ -252,3 +252,26 @@ def _rfc3339(value: object) -> bool:
     except ValueError:
         return False
     return value[10:11] in ("T", "t") and parsed.tzinfo is not None
+
+
+def test_a_stream_has_an_event_schema_that_is_the_record_schema() -> None:
+    spec, elements, lists = violation_catalog()
+    assert "event" not in s.derive_schemas(spec, elements, lists)
+    key = next(i.field for i in spec.items if i.required)
+    streamed = ResourceSpec.model_validate(
+        {
+            **spec.model_dump(),
+            "sharing_methods": [*[m.value for m in spec.sharing_methods], "events"],
+            "stream": {"partition_key": key},
+        }
+    )
+    schemas = s.derive_schemas(streamed, elements, lists)
+    event = schemas["event"]
+    assert event["$id"].endswith(":event") and event["title"].endswith("事件")
+    record = _record_schema(schemas["response"])
+    assert {k: v for k, v in event.items() if k not in ("$id", "$schema", "title")} == {
+        k: v for k, v in record.items() if k != "title"
+    }
+    validator = s.compile_schema(event)
+    assert validator.check_json(orjson.dumps(VALID_RECORD)) == []
+    assert validator.check_json(orjson.dumps({**VALID_RECORD, "extra": 1}))

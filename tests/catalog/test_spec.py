@@ -66,3 +66,41 @@ def test_data_elements_are_consistent() -> None:
             name="性别",
             codes=[{"value": "1", "label": "男"}, {"value": "1", "label": "女"}],
         )
+
+
+def test_streams_go_with_the_events_sharing_method_and_a_required_partition_key() -> None:
+    stream = {"partition_key": "plate", "retention_hours": 72}
+    r = _resource(sharing_methods=["service", "events"], stream=stream)
+    assert r.stream is not None and r.stream.partition_key == "plate"
+    assert _resource(sharing_methods=["events"], stream={"partition_key": "plate"}).stream
+    for bad, why in (
+        ({"sharing_methods": ["events"]}, "declares its stream"),
+        ({"stream": stream}, "only with the sharing method events"),
+        ({"sharing_methods": ["events"], "stream": {"partition_key": "nope"}}, "required item"),
+        (
+            {
+                "sharing_methods": ["events"],
+                "stream": stream,
+                "items": [Item(field="plate", name="号牌号码", element="DE0003", required=False)],
+            },
+            "required item",
+        ),
+        (
+            {"sharing_methods": ["events"], "stream": {**stream, "retention_hours": 0}},
+            "greater than or equal to 1",
+        ),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            _resource(**bad)
+
+
+def test_a_version_without_a_stream_keeps_its_bytes() -> None:
+    """Versions published before streams existed hash the same (no "stream": null)."""
+    from qiao.catalog.service import _version_document
+
+    plain = _version_document(_resource(), 1)
+    assert b'"stream"' not in plain
+    streamed = _version_document(
+        _resource(sharing_methods=["events"], stream={"partition_key": "plate"}), 1
+    )
+    assert b'"stream":{"partition_key":"plate","retention_hours":168}' in streamed

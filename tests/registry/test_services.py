@@ -6,9 +6,10 @@ from sqlalchemy import select, update
 
 from qiao import pki, problems, signing
 from qiao.db import make_engine, migrate, session_factory
-from qiao.globalconf import KIND, GlobalConf
+from qiao.events.envelope import event_key_to_text, generate_event_key
+from qiao.globalconf import KIND, GlobalConf, NodeEntry
 from qiao.problems import Problem
-from qiao.registry.models import EnrollmentToken
+from qiao.registry.models import Certificate, EnrollmentToken
 from qiao.registry.services import (
     FETCH_CLOCK_SKEW_SECONDS,
     HubKeys,
@@ -192,3 +193,87 @@ def test_operator_tokens(registry: RegistryService) -> None:
     token = registry.create_operator_token("ops")
     assert registry.check_operator_token(token)
     assert not registry.check_operator_token(token + "x")
+
+
+def _events_key() -> str:
+    return event_key_to_text(generate_event_key().public_key())
+
+
+def _node_entry(registry: RegistryService, fingerprint: str) -> NodeEntry:
+    signed = registry.signed_global_conf()
+    doc = signing.verify_document(signed, registry.keys.conf_key.public_key(), kind=KIND)
+    return GlobalConf.compile(doc).nodes_by_fingerprint[fingerprint]
+
+
+def test_enrollment_publishes_the_nodes_events_key(registry: RegistryService) -> None:
+    registry.add_organization(ORG_A, "甲")
+    key = _events_key()
+    token, _ = registry.create_enrollment_token(ORG_A)
+    enr = registry.enroll(token, _csr(), "a-node", "https://127.0.0.1:9443", events_key=key)
+    fp = pki.fingerprint(pki.load_cert_pem(enr.certificate_pem.encode()))
+    [entry] = registry.global_conf_document()["nodes"]
+    assert entry["events_key"] == key
+    assert _node_entry(registry, fp).events_key == key
+    # Re-enrolling replaces it: the old private half stayed with the old identity.
+    token, _ = registry.create_enrollment_token(ORG_A)
+    registry.enroll(token, _csr(), "a-node", "https://127.0.0.1:9443")
+    assert registry.global_conf_document()["nodes"][0]["events_key"] == ""
+
+
+# Not base64; 3 bytes; the all-zero point (low order, RFC 7748 §6.1).
+@pytest.mark.parametrize("bad", ["not base64!", "AAAA", "A" * 43 + "="])
+def test_enrollment_refuses_an_unusable_events_key(registry: RegistryService, bad: str) -> None:
+    registry.add_organization(ORG_A, "甲")
+    token, _ = registry.create_enrollment_token(ORG_A)
+    with pytest.raises(Problem) as e:
+        registry.enroll(token, _csr(), "a-node", "https://127.0.0.1:9443", events_key=bad)
+    assert e.value.kind is problems.VALIDATION
+    assert "events key" in e.value.detail
+    # The token was not spent on the refused attempt.
+    registry.enroll(token, _csr(), "a-node", "https://127.0.0.1:9443", events_key=_events_key())
+
+
+def test_an_upgraded_node_registers_its_events_key(registry: RegistryService) -> None:
+    registry.add_organization(ORG_A, "甲")
+    token, _ = registry.create_enrollment_token(ORG_A)
+    enr = registry.enroll(token, _csr(), "a-node", "https://127.0.0.1:9443")  # an old node
+    fp = pki.fingerprint(pki.load_cert_pem(enr.certificate_pem.encode()))
+    assert _node_entry(registry, fp).events_key == ""
+    key = _events_key()
+    before = registry.serial()
+    registry.set_events_key("a-node", fp.upper(), key)
+    assert registry.serial() == before + 1
+    assert _node_entry(registry, fp).events_key == key
+    registry.set_events_key("a-node", fp, key)  # a retry: nothing changes
+    assert registry.serial() == before + 1
+
+
+def test_only_the_node_itself_sets_its_events_key(registry: RegistryService) -> None:
+    registry.add_organization(ORG_A, "甲")
+    fingerprints = {}
+    for name in ("a-node", "b-node"):
+        token, _ = registry.create_enrollment_token(ORG_A)
+        enr = registry.enroll(token, _csr(name), name, "https://127.0.0.1:9443")
+        fingerprints[name] = pki.fingerprint(pki.load_cert_pem(enr.certificate_pem.encode()))
+    key = _events_key()
+
+    def refused(node: str, fingerprint: str, text: str = key) -> Problem:
+        with pytest.raises(Problem) as e:
+            registry.set_events_key(node, fingerprint, text)
+        return e.value
+
+    # Another node's certificate, and a certificate nobody has.
+    assert "no certificate" in refused("a-node", fingerprints["b-node"]).detail
+    assert refused("a-node", "ab" * 32).kind is problems.FORBIDDEN
+    assert refused("no-such-node", fingerprints["a-node"]).kind is problems.FORBIDDEN
+    assert refused("a-node", fingerprints["a-node"], "AAAA").kind is problems.VALIDATION
+    with registry._sessions.begin() as s:
+        s.execute(
+            update(Certificate)
+            .where(Certificate.fingerprint == fingerprints["b-node"])
+            .values(not_after=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    assert "expired" in refused("b-node", fingerprints["b-node"]).detail
+    registry.revoke("a-node", "key compromise")
+    assert "revoked" in refused("a-node", fingerprints["a-node"]).detail
+    assert all(n["events_key"] == "" for n in registry.global_conf_document()["nodes"])

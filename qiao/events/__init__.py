@@ -1,0 +1,1 @@
+"""Event streams between departments: sealed to each subscriber node, carried by a broker."""
