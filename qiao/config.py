@@ -221,6 +221,9 @@ class NodeSettings(_FileSettings):
     # App API keys: every key expires; the longest life an operator may give one.
     api_key_max_days: int = Field(365, gt=0, le=3650)
     record_payloads: bool = False
+    # Where event streams go (docs/events.md): "hub" — the broker embedded in the hub's
+    # database, reached over the hub's API — or a NATS JetStream server, "nats://host:4222".
+    events_broker: str = Field("hub", pattern=r"^(hub|nats://[^\s/]+)$")
     log_level: str = "info"
 
     @model_validator(mode="after")

@@ -45,6 +45,8 @@ class ResourceEntry:
     # Compiled from the catalog's JSON Schemas (qiao.catalog.schema); None = not validated.
     response_schema: PayloadValidator | None = field(default=None, compare=False)
     request_schema: PayloadValidator | None = field(default=None, compare=False)
+    # One event of the resource's stream (a record; qiao.events); None = not a stream.
+    event_schema: PayloadValidator | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def _resource(r: dict[str, Any]) -> ResourceEntry:
     # catalog and agreements; documents without them still load.
     schemas = r.get("schemas") or {}
     response, request = schemas.get("response"), schemas.get("request")
+    event = schemas.get("event")  # only for resources offered as an event stream
     return ResourceEntry(
         r["org"],
         r["code"],
@@ -144,4 +147,5 @@ def _resource(r: dict[str, Any]) -> ResourceEntry:
         # Compiled validators are cached by schema hash: an unchanged schema costs nothing.
         response_schema=compile_schema(response) if response else None,
         request_schema=compile_schema(request) if request else None,
+        event_schema=compile_schema(event) if event else None,
     )

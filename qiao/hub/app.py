@@ -24,6 +24,7 @@ from qiao.agreements import emergency_api
 from qiao.catalog import api as catalog_api
 from qiao.config import HubSettings
 from qiao.db import make_engine, migrate, session_factory
+from qiao.events import hub_api
 from qiao.hub import auth
 from qiao.hub.auth import need, require
 from qiao.identity import api as identity_api
@@ -142,6 +143,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     catalog_api.install(app, registry, settings)
     agreements_api.install(app, registry, settings)
     emergency_api.install(app, registry, settings)
+    hub_api.install(app, registry, settings)
     _flag_emergency_accesses(ledger, registry)
     from qiao.ledger.views import ledger_router
 

@@ -20,6 +20,12 @@ from aiohttp import web
 from qiao import __version__, pki, problems
 from qiao.config import NodeSettings
 from qiao.db import make_engine, migrate
+from qiao.events.broker import Broker
+from qiao.events.delivery import Delivery
+from qiao.events.nats import NatsBroker
+from qiao.events.node_api import EventsApi
+from qiao.events.publisher import Publisher
+from qiao.events.remote import HubBroker, HubError, register_events_key
 from qiao.exchange.consumer import ConsumerGateway
 from qiao.exchange.keys import ApiKeyService
 from qiao.exchange.provider import ProviderGateway, load_pseudonym_secret
@@ -50,6 +56,9 @@ class Node:
     hub_session: aiohttp.ClientSession | None = None
     submitter: LedgerSubmitter | None = None
     witness: Witness | None = None
+    events: EventsApi | None = None  # publishing and pulling event streams (docs/events.md)
+    broker: Broker | None = None
+    pseudonym_secret: bytes = b""
 
     @classmethod
     def open(cls, settings: NodeSettings) -> Node:
@@ -66,11 +75,12 @@ class Node:
         writer = RecordWriter(engine)
         ssl_client = pki.client_context(identity.cert_file, identity.key_file, identity.ca_file)
         consumer = ConsumerGateway(settings, identity, conf, keys, writer, ssl_client)
-        # Created on the first start (qiao.exchange.provider.load_pseudonym_secret).
-        provider = ProviderGateway(
-            settings, identity, conf, writer, load_pseudonym_secret(settings.data_dir)
-        )
+        # Created on the first start (qiao.exchange.provider.load_pseudonym_secret); events
+        # use the same one, so a pseudonym is the same in an answer and in an event.
+        secret = load_pseudonym_secret(settings.data_dir)
+        provider = ProviderGateway(settings, identity, conf, writer, secret)
         node = cls(settings, identity, conf, keys, writer, consumer, provider)
+        node.pseudonym_secret = secret
         node.submitter = LedgerSubmitter(engine, identity, settings.hub_url)
         if (settings.data_dir / WITNESS_KEY_FILE).exists():
             # The witness trusts the log key the signed configuration names (the hub's key
@@ -148,6 +158,8 @@ class Node:
 
         app.router.add_get("/healthz", health)
         app.router.add_route("*", "/r1/{tail:.*}", self.consumer.handle)
+        if self.events is not None:
+            app.add_routes(self.events.routes())
         if self.witness is not None:
             app.add_routes(witness_routes(self.witness))
         return app
@@ -174,6 +186,7 @@ class Node:
         )
         await self.consumer.start()
         await self.provider.start()
+        await self._start_events(credentials)
         ssl_server = pki.server_context(
             self.identity.cert_file, self.identity.key_file, self.identity.ca_file
         )
@@ -209,6 +222,40 @@ class Node:
             s.peer_port,
         )
 
+    async def _start_events(self, credentials: NodeCredentials) -> None:
+        """The event broker this node publishes to and pulls from (``events_broker``): the
+        hub's embedded broker over its API, or a NATS JetStream server. A node enrolled
+        before it had an event key registers the key it made on first start."""
+        s = self.settings
+        if s.events_broker == "hub":
+            self.broker = HubBroker(s.hub_url, credentials, session=self.hub_session)
+        else:
+            self.broker = await NatsBroker.connect(s.events_broker)
+        conf = self.conf.current
+        mine = next(
+            (
+                n
+                for n in (conf.nodes_by_org.get(self.identity.org, ()) if conf else ())
+                if n.name == self.identity.name
+            ),
+            None,
+        )
+        if mine is not None and mine.events_key != self.identity.event_key_text:
+            try:
+                await register_events_key(
+                    s.hub_url, credentials, self.identity.event_key_text, session=self.hub_session
+                )
+            except (aiohttp.ClientError, HubError) as exc:
+                log.warning("could not register this node's event key at the hub: %s", exc)
+        self.events = EventsApi(
+            conf_cache=self.conf,
+            identity=self.identity,
+            keys=self.keys,
+            publisher=Publisher(self.conf, self.identity, self.broker, self.pseudonym_secret),
+            delivery=Delivery(self.conf, self.identity, self.broker),
+            max_body_bytes=s.max_body_bytes,
+        )
+
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -216,6 +263,8 @@ class Node:
             await runner.cleanup()
         await self.consumer.close()
         await self.provider.close()
+        if self.broker is not None:
+            await self.broker.close()
         if self.hub_session:
             await self.hub_session.close()
         self.writer.close()

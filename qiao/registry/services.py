@@ -648,6 +648,8 @@ class RegistryService:
                 "fields": [item.field for item in spec.items],
                 "records_at": spec.records_at,
                 "sharing_type": spec.sharing_type.value,
+                # Offered as an event stream (qiao.events): its partition key and retention.
+                **({"stream": spec.stream.model_dump(mode="json")} if spec.stream else {}),
             }
             for key, spec in specs.items()
         }

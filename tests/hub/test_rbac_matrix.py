@@ -55,6 +55,9 @@ class Access:
 
 
 PUBLIC = Access("public")
+# Only a node, by a signature with its node key over the request (qiao.events.remote): no
+# person or token of any role gets in.
+NODE = Access("node")
 CALLER = Access("caller")
 SESSION = Access("session")
 
@@ -104,6 +107,13 @@ TABLE: dict[tuple[str, str], Access] = {
     ("GET", "/ledger/status"): PUBLIC,
     ("GET", "/ledger/tile/{path:path}"): PUBLIC,
     ("POST", "/api/v1/ledger/submissions"): PUBLIC,
+    # the embedded event broker and the nodes' event keys: nodes only (docs/events.md)
+    ("POST", "/api/v1/events/logs/{org}/{code}/{subscriber}"): NODE,
+    ("GET", "/api/v1/events/logs/{org}/{code}/{subscriber}"): NODE,
+    ("POST", "/api/v1/events/logs/{org}/{code}/{subscriber}/ack"): NODE,
+    ("GET", "/api/v1/events/logs/{org}/{code}/{subscriber}/acked"): NODE,
+    ("GET", "/api/v1/events/logs/{org}/{code}/{subscriber}/offset-at"): NODE,
+    ("POST", "/api/v1/nodes/events-key"): NODE,
     # identity: signing in and one's own sessions and factors
     ("POST", "/api/v1/session"): PUBLIC,
     ("GET", "/api/v1/session"): CALLER,
@@ -295,6 +305,7 @@ PARAMS = {
     "request_id": "req-nosuchrequest",
     "agreement_id": "agr-nosuchagreement0",
     "emergency_id": "em-aaaaaaaaaaaa",
+    "subscriber": "b-node",
 }
 
 REFUSALS = {
@@ -330,6 +341,8 @@ CALLERS = [Caller("anonymous")] + [
 def expected(access: Access, caller: Caller) -> bool:
     if access.kind == "public":
         return True
+    if access.kind == "node":
+        return False
     if caller.kind == "anonymous":
         return False
     if access.kind == "caller":
