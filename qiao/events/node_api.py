@@ -115,7 +115,15 @@ class EventsApi:
     async def ack(self, request: web.Request) -> web.Response:
         try:
             provider, code = request.match_info["provider"], request.match_info["stream"]
-            self._app(request, provider, code)
+            grant = self._app(request, provider, code)
+            # Moving the node's position is reading the stream: only an app the agreements
+            # let read it may (an app without one could otherwise skip events for the rest).
+            purpose = p.optional_text(p.H_PURPOSE, request.headers.get(p.H_PURPOSE))
+            end_user = p.optional_text(p.H_USER, request.headers.get(p.H_USER))
+            self._conf.usable().policy.decide(
+                grant.client, provider, code, "GET", "", {}, purpose, end_user, utcnow(),
+                "consumer",
+            )  # fmt: skip
             body = await self._body(request)
             offset = body.get("offset") if isinstance(body, dict) else None
             if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:

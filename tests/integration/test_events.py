@@ -94,18 +94,19 @@ def test_accidents_flow_from_public_security_to_transport_sealed_in_between(city
     assert len(_pull(city, after=0).json()["events"]) >= len(accidents)
 
 
-def test_an_app_without_an_agreement_pulls_nothing(city: City) -> None:
+def test_an_app_without_an_agreement_pulls_and_acks_nothing(city: City) -> None:
     node = city.dep.nodes["bank"]
-    r = httpx.get(
-        f"{node.url}/e1/{city.dep.codes['police']}/traffic-accidents",
-        headers={
-            "Authorization": f"Bearer {node.api_keys['credit-check']}",
-            "X-Qiao-Client": city.dep.client("bank", "credit-check"),
-            "X-Qiao-Purpose": "loan-review",
-        },
-        timeout=30,
-    )
-    assert r.status_code == 403 and r.json()["type"] == "urn:qiao:problem:client:no-agreement"
+    url = f"{node.url}/e1/{city.dep.codes['police']}/traffic-accidents"
+    headers = {
+        "Authorization": f"Bearer {node.api_keys['credit-check']}",
+        "X-Qiao-Client": city.dep.client("bank", "credit-check"),
+        "X-Qiao-Purpose": "loan-review",
+    }
+    for r in (
+        httpx.get(url, headers=headers, timeout=30),
+        httpx.post(f"{url}/ack", json={"offset": 1}, headers=headers, timeout=30),
+    ):
+        assert r.status_code == 403 and r.json()["type"] == "urn:qiao:problem:client:no-agreement"
 
 
 def test_invalid_events_are_refused_whole(city: City) -> None:
