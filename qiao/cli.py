@@ -437,7 +437,14 @@ def _add_subcommands() -> None:
     agreements_cli.register(app)
     emergency_cli.register(app)
 
-    for sub, name in ((catalog_app, "catalog"), (users_app, "users"), (apps_app, "apps")):
+    from qiao.events.cli import events_app
+
+    for sub, name in (
+        (catalog_app, "catalog"),
+        (users_app, "users"),
+        (apps_app, "apps"),
+        (events_app, "events"),
+    ):
         if sub.registered_commands or sub.registered_groups:
             app.add_typer(sub, name=name)
 

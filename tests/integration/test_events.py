@@ -4,6 +4,7 @@ there; the hub's broker holds only sealed envelopes (on SQLite and on PostgreSQL
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -116,3 +117,44 @@ def test_invalid_events_are_refused_whole(city: City) -> None:
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert "9" not in str(r.json().get("violations"))  # pointers and rules, never values
+
+
+def test_events_tail_shows_what_the_app_may_see(city: City) -> None:
+    from typer.testing import CliRunner
+
+    from qiao.cli import app
+
+    accidents = generate_accidents(3)
+    r = _publish(city, [{**a, "event_id": f"tail-{a['accident_id']}-{city.db}"} for a in accidents])
+    assert r.status_code == 202, r.text
+    node = city.dep.nodes["transport"]
+    args = [
+        "events",
+        "tail",
+        city.dep.codes["police"],
+        "traffic-accidents",
+        "--node",
+        node.url,
+        "--client",
+        city.dep.client("transport", "traffic-enforcement"),
+        "--purpose",
+        "traffic-management",
+        "--from-start",
+        "--count",
+        "3",
+        "--wait",
+        "1",
+    ]
+    env = {"QIAO_API_KEY": node.api_keys["traffic-enforcement"]}
+    out = CliRunner().invoke(app, args, env=env)
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.output.splitlines() if line.startswith("{")]
+    assert len(lines) == 3 and all("event" in e and "offset" in e for e in lines)
+    # Refused without the right: the bank's app has no agreement on the stream.
+    bank = city.dep.nodes["bank"]
+    args[args.index(node.url)] = bank.url
+    args[args.index(city.dep.client("transport", "traffic-enforcement"))] = city.dep.client(
+        "bank", "credit-check"
+    )
+    out = CliRunner().invoke(app, args, env={"QIAO_API_KEY": bank.api_keys["credit-check"]})
+    assert out.exit_code == 1 and "no-agreement" in out.output
