@@ -21,13 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from qiao import problems
@@ -47,8 +42,11 @@ from qiao.events.remote import (
     rfc3339,
 )
 from qiao.problems import Problem
-from qiao.registry.models import Certificate, Node
-from qiao.registry.services import NODE_FETCH_HEADERS, RegistryService
+from qiao.registry.services import (
+    NODE_CERTIFICATE_HEADER,
+    NodeSignatureRefused,
+    RegistryService,
+)
 
 log = logging.getLogger("qiao.events.hub")
 # The body may exceed the events' own size by the JSON around them.
@@ -143,48 +141,18 @@ def install(app: FastAPI, registry: RegistryService, settings: HubSettings) -> E
     app.router.lifespan_context = lifespan
 
     def verify(headers: dict[str, str], method: str, target: str, body: bytes) -> Caller:
-        # Mirrors RegistryService.configuration_reader, over the whole request.
-        values = {h: headers.get(h.lower(), "") for h in NODE_FETCH_HEADERS}
-        missing = [h for h, v in values.items() if not v]
-        if missing:
-            raise _unauthorized(f"missing {', '.join(missing)}")
-        node, fingerprint = values["X-Qiao-Node"], values["X-Qiao-Node-Certificate"].lower()
+        # The registry's node-signature check, over the whole request (method, target, body).
         try:
-            at = int(values["X-Qiao-Node-Time"])
-            signature = base64.b64decode(values["X-Qiao-Node-Signature"], validate=True)
-        except (ValueError, binascii.Error) as exc:
-            raise _unauthorized(
-                "X-Qiao-Node-Time must be unix seconds, the signature base64"
-            ) from exc
-        now = time.time()
-        if abs(now - at) > NODE_REQUEST_SKEW_SECONDS:
-            raise _unauthorized(
-                f"the signed time is {abs(now - at):.0f} s from the hub's clock; "
-                f"at most {NODE_REQUEST_SKEW_SECONDS} s either way"
+            node, org = registry.verify_node_signature(
+                headers,
+                lambda n, at: node_request_message(n, at, method, target, body),
+                now=time.time(),
+                skew=NODE_REQUEST_SKEW_SECONDS,
             )
-        with registry.engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    Node.org_code, Certificate.pem, Certificate.revoked_at, Certificate.not_after
-                )
-                .join(Node, Node.id == Certificate.node_id)
-                .where(Node.name == node, Certificate.fingerprint == fingerprint)
-            ).one_or_none()
-        if row is None:
-            raise _unauthorized(f"no certificate {fingerprint[:16]}... of node {node}")
-        if row.revoked_at is not None:
-            raise _unauthorized(f"node {node}'s certificate is revoked")
-        if row.not_after.timestamp() < now:
-            raise _unauthorized(f"node {node}'s certificate has expired")
-        public_key = x509.load_pem_x509_certificate(row.pem.encode()).public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise _unauthorized(f"node {node}'s certificate has no EC key")
-        message = node_request_message(node, at, method, target, body)
-        try:
-            public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature as exc:
-            raise _unauthorized("the signature does not verify for this request") from exc
-        return Caller(node=node, org=row.org_code, fingerprint=fingerprint, body=body)
+        except NodeSignatureRefused as refused:
+            raise _unauthorized(str(refused)) from None
+        fingerprint = headers.get(NODE_CERTIFICATE_HEADER.lower(), "").lower()
+        return Caller(node=node, org=org, fingerprint=fingerprint, body=body)
 
     async def caller(request: Request) -> Caller:
         body = await _read_body(request)

@@ -15,7 +15,7 @@ import importlib
 import json
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -142,6 +142,10 @@ def redact_global_conf(doc: dict[str, Any]) -> dict[str, Any]:
     public = {k: v for k, v in doc.items() if k not in PRIVATE_SECTIONS}
     public["redacted"] = True
     return public
+
+
+class NodeSignatureRefused(ValueError):
+    """A request's node signature does not check out; the message says what failed."""
 
 
 @dataclass(frozen=True)
@@ -668,59 +672,74 @@ class RegistryService:
                 )
             return self._signed[2] if redacted else self._signed[1]
 
-    def configuration_reader(
-        self, headers: Mapping[str, str], *, now: float
-    ) -> ConfigurationReader:
-        """Check a configuration fetch's node signature (``sign_configuration_fetch``).
+    def verify_node_signature(
+        self,
+        headers: Mapping[str, str],
+        message: Callable[[str, int], bytes],
+        *,
+        now: float,
+        skew: float = FETCH_CLOCK_SKEW_SECONDS,
+    ) -> tuple[str, str]:
+        """The (node, organization) that signed a request with the ``X-Qiao-Node-*`` headers.
 
         The node must name one of its own certificates, neither revoked nor expired, sign
-        with that certificate's key, and sign a time within ``FETCH_CLOCK_SKEW_SECONDS`` of
-        ``now`` (the hub's clock when the request arrived). Anything less is the public:
-        the public part of the configuration stays public, so a failure is not an error."""
-        values = {h: headers.get(h, "") for h in NODE_FETCH_HEADERS}
-        if not any(values.values()):
-            return ConfigurationReader()
+        ``message(node, time)`` with that certificate's key, and sign a time within ``skew``
+        seconds of ``now`` (the hub's clock when the request arrived). Raises
+        ``NodeSignatureRefused`` saying what failed. Used for configuration fetches and for
+        the event broker's routes (qiao.events.hub_api), which sign different messages."""
+        values = {h: headers.get(h, "") or headers.get(h.lower(), "") for h in NODE_FETCH_HEADERS}
         missing = [h for h, v in values.items() if not v]
         if missing:
-            return ConfigurationReader(refused=f"missing {', '.join(missing)}")
+            raise NodeSignatureRefused(f"missing {', '.join(missing)}")
         node, fingerprint = values[NODE_HEADER], values[NODE_CERTIFICATE_HEADER].lower()
         try:
             at = int(values[NODE_TIME_HEADER])
             signature = base64.b64decode(values[NODE_SIGNATURE_HEADER], validate=True)
         except (ValueError, binascii.Error):
-            return ConfigurationReader(
-                refused=f"{NODE_TIME_HEADER} must be unix seconds and "
-                f"{NODE_SIGNATURE_HEADER} base64"
-            )
-        if abs(now - at) > FETCH_CLOCK_SKEW_SECONDS:
+            raise NodeSignatureRefused(
+                f"{NODE_TIME_HEADER} must be unix seconds and {NODE_SIGNATURE_HEADER} base64"
+            ) from None
+        if abs(now - at) > skew:
             way = "behind" if at < now else "ahead of"
-            return ConfigurationReader(
-                refused=f"the node's clock is {abs(now - at):.0f} s {way} the hub's; "
-                f"at most {FETCH_CLOCK_SKEW_SECONDS} s either way"
+            raise NodeSignatureRefused(
+                f"the node's clock is {abs(now - at):.0f} s {way} the hub's; "
+                f"at most {skew:.0f} s either way"
             )
         with self._sessions() as s:
             row = s.execute(
-                select(Certificate.pem, Certificate.revoked_at, Certificate.not_after)
+                select(
+                    Node.org_code, Certificate.pem, Certificate.revoked_at, Certificate.not_after
+                )
                 .join(Node, Node.id == Certificate.node_id)
                 .where(Node.name == node, Certificate.fingerprint == fingerprint)
             ).one_or_none()
         if row is None:
-            return ConfigurationReader(
-                refused=f"no certificate {fingerprint[:16]}... of node {node}"
-            )
+            raise NodeSignatureRefused(f"no certificate {fingerprint[:16]}... of node {node}")
         if row.revoked_at is not None:
-            return ConfigurationReader(refused=f"node {node}'s certificate is revoked")
+            raise NodeSignatureRefused(f"node {node}'s certificate is revoked")
         if row.not_after.timestamp() < now:
-            return ConfigurationReader(refused=f"node {node}'s certificate has expired")
+            raise NodeSignatureRefused(f"node {node}'s certificate has expired")
         public_key = x509.load_pem_x509_certificate(row.pem.encode()).public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            return ConfigurationReader(refused=f"node {node}'s certificate has no EC key")
+            raise NodeSignatureRefused(f"node {node}'s certificate has no EC key")
         try:
-            public_key.verify(
-                signature, configuration_fetch_message(node, at), ec.ECDSA(hashes.SHA256())
-            )
+            public_key.verify(signature, message(node, at), ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
-            return ConfigurationReader(refused="the node signature does not verify")
+            raise NodeSignatureRefused("the node signature does not verify") from None
+        return node, str(row.org_code)
+
+    def configuration_reader(
+        self, headers: Mapping[str, str], *, now: float
+    ) -> ConfigurationReader:
+        """Who fetches the configuration (``sign_configuration_fetch``): an enrolled node, or
+        the public. The public part of the configuration stays public, so a failed node
+        signature is not an error: the caller is the public, told why."""
+        if not any(headers.get(h, "") for h in NODE_FETCH_HEADERS):
+            return ConfigurationReader()
+        try:
+            node, _org = self.verify_node_signature(headers, configuration_fetch_message, now=now)
+        except NodeSignatureRefused as refused:
+            return ConfigurationReader(refused=str(refused))
         return ConfigurationReader(node=node)
 
 
