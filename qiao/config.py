@@ -187,6 +187,43 @@ class ServiceSettings(BaseModel):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+class WebhookSettings(BaseModel):
+    """A backend of this node's organization that receives a stream by webhook
+    (docs/events.md#webhooks). The node delivers each event as one signed POST (Standard
+    Webhooks: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``, HMAC-SHA256),
+    in order per partition key, retrying with exponential backoff and jitter; an event that
+    still fails after ``max_attempts`` goes to the dead-letter queue
+    (``qiao events dead-letters``)."""
+
+    model_config = {"extra": "forbid"}
+
+    # Unique on this node: names the webhook's position, its dead letters and its records.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    provider: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the provider's credit code
+    stream: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    # The app of this node's organization the events are delivered for: its agreement
+    # decides (as for a pull) whether and what it receives.
+    app: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    url: str = Field(pattern=r"^https?://\S+$")
+    # The signing secret: a file in the node's data directory (created, mode 0600, with a
+    # random ``whsec_`` secret if missing). Never in this file itself.
+    secret_file: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,128}$")
+    purpose: str = ""  # X-Qiao-Purpose the deliveries are decided under
+    end_user: str = ""  # X-Qiao-User, where the agreement requires one
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    max_attempts: int = Field(12, ge=1, le=100)
+    backoff_base_seconds: float = Field(1.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0)
+    # Events of different partition keys delivered at the same time (one key: one at a time).
+    concurrency: int = Field(8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _fill(self) -> WebhookSettings:
+        if not self.secret_file:
+            self.secret_file = f"webhook-{self.name}.secret"
+        return self
+
+
 class NodeSettings(_FileSettings):
     """Settings of a department's node (前置交换节点)."""
 
@@ -224,6 +261,8 @@ class NodeSettings(_FileSettings):
     # Where event streams go (docs/events.md): "hub" — the broker embedded in the hub's
     # database, reached over the hub's API — or a NATS JetStream server, "nats://host:4222".
     events_broker: str = Field("hub", pattern=r"^(hub|nats://[^\s/]+)$")
+    # Streams delivered to this organization's backends by webhook ([[webhooks]] tables).
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
     log_level: str = "info"
 
     @model_validator(mode="after")
@@ -234,4 +273,7 @@ class NodeSettings(_FileSettings):
         if not self.witness_url:
             self.witness_url = f"http://{self.host}:{self.port}/witness"
         self.hub_url = self.hub_url.rstrip("/")
+        names = [w.name for w in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError("webhook names must be unique on a node")
         return self

@@ -28,6 +28,7 @@ from qiao import problems
 from qiao.db import utcnow
 from qiao.events.delivery import MAX_LIMIT, MAX_WAIT, Delivery
 from qiao.events.publisher import MAX_EVENTS, Publisher
+from qiao.events.records import DeliveredRecord, EventRecorder, PublishedRecord
 from qiao.exchange import protocol as p
 from qiao.exchange.keys import ApiKeyService, KeyGrant
 from qiao.node.confcache import ConfigurationCache
@@ -52,6 +53,7 @@ class EventsApi:
         keys: ApiKeyService,
         publisher: Publisher,
         delivery: Delivery,
+        recorder: EventRecorder,
         max_body_bytes: int,
     ) -> None:
         self._conf = conf_cache
@@ -59,6 +61,7 @@ class EventsApi:
         self._keys = keys
         self._publisher = publisher
         self._delivery = delivery
+        self._recorder = recorder
         self._max_body = max_body_bytes
 
     def routes(self) -> list[web.RouteDef]:
@@ -71,10 +74,17 @@ class EventsApi:
     # --- handlers --------------------------------------------------------------------------
     async def publish(self, request: web.Request) -> web.Response:
         try:
+            started = utcnow()
             code = request.match_info["stream"]
-            self._app(request, self._identity.org, code)
+            grant = self._app(request, self._identity.org, code)
             events = _events(await self._body(request))
             published = await self._publisher.publish(code, events)
+            await self._recorder.published(
+                client=grant.client,
+                stream=code,
+                events=[PublishedRecord(e.event_id, e.event, e.offsets) for e in published],
+                started_at=started,
+            )
             return _json(
                 {"events": [{"event_id": e.event_id, "offsets": e.offsets} for e in published]},
                 202,
@@ -84,6 +94,7 @@ class EventsApi:
 
     async def pull(self, request: web.Request) -> web.Response:
         try:
+            started = utcnow()
             provider, code = request.match_info["provider"], request.match_info["stream"]
             grant = self._app(request, provider, code)
             purpose = p.optional_text(p.H_PURPOSE, request.headers.get(p.H_PURPOSE))
@@ -108,6 +119,18 @@ class EventsApi:
                 wait=float(_int(q, "wait", 0, int(MAX_WAIT))) if "wait" in q else 0.0,
                 agreement=decision.agreement.id,
             )
+            if pulled.events:
+                await self._recorder.delivered(
+                    client=grant.client,
+                    provider_org=provider,
+                    stream=code,
+                    events=[
+                        DeliveredRecord(e.offset, e.event_id, e.event, e.agreement)
+                        for e in pulled.events
+                    ],
+                    via="pull",
+                    started_at=started,
+                )
             return _json({"events": [e.to_json() for e in pulled.events], "next": pulled.next})
         except Problem as refused:
             return _problem(refused, request)

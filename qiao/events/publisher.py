@@ -85,6 +85,7 @@ class PublishedEvent:
     event_id: str
     partition_key: str
     offsets: dict[str, int]  # subscriber node name -> offset in that node's log
+    event: dict[str, Any]  # the record as the backend published it (before masking)
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ class Publisher:
         for (node_name, _), node_offsets in zip(jobs, results, strict=True):
             for (event_id, _, _), offset in zip(records, node_offsets, strict=True):
                 offsets[event_id][node_name] = offset
-        return [PublishedEvent(eid, key, offsets[eid]) for eid, key, _ in records]
+        return [PublishedEvent(eid, key, offsets[eid], record) for eid, key, record in records]
 
     def _sealed(
         self, stream: str, node: NodeEntry, plain: list[tuple[str, str, bytes]], now: datetime

@@ -25,6 +25,7 @@ from qiao.events.delivery import Delivery
 from qiao.events.nats import NatsBroker
 from qiao.events.node_api import EventsApi
 from qiao.events.publisher import Publisher
+from qiao.events.records import EventRecorder
 from qiao.events.remote import HubBroker, HubError, register_events_key
 from qiao.exchange.consumer import ConsumerGateway
 from qiao.exchange.keys import ApiKeyService
@@ -253,6 +254,7 @@ class Node:
             keys=self.keys,
             publisher=Publisher(self.conf, self.identity, self.broker, self.pseudonym_secret),
             delivery=Delivery(self.conf, self.identity, self.broker),
+            recorder=EventRecorder(),
             max_body_bytes=s.max_body_bytes,
         )
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from qiao import problems
 from qiao.db import make_engine, migrate
 from qiao.events.node_api import EventsApi
+from qiao.events.records import EventRecorder
 from qiao.exchange.keys import ApiKeyService
 from qiao.problems import PROBLEM_CONTENT_TYPE
 from tests.agreements.test_policy import CONSUMER, PROVIDER
@@ -64,6 +65,7 @@ async def nodes(tmp: Path) -> AsyncIterator[Nodes]:
                 keys=keys[name],
                 publisher=x.publisher,
                 delivery=x.delivery[name],
+                recorder=EventRecorder(),
                 max_body_bytes=LIMIT,
             )
             app = web.Application()
