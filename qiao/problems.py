@@ -101,6 +101,11 @@ PROVIDER_UNREACHABLE = _t(
     "consumer", "provider-unreachable", 502, "The provider's node could not be reached"
 )
 PROVIDER_TIMEOUT = _t("consumer", "provider-timeout", 504, "The provider's node did not answer")
+# Event streams (docs/events.md): the node could not reach its event broker (the hub's, or
+# NATS). Nothing was published or acknowledged; retrying with the same event ids is safe.
+CONSUMER_BROKER_UNAVAILABLE = _t(
+    "consumer", "broker-unavailable", 503, "This node's event broker cannot be reached"
+)
 PROVIDER_NOT_TRUSTED = _t(
     "consumer",
     "provider-not-trusted",
@@ -135,6 +140,9 @@ PROVIDER_UNKNOWN_RESOURCE = _t(
 )
 BACKEND_UNAVAILABLE = _t("provider", "backend-unavailable", 502, "The provider backend is down")
 BACKEND_TIMEOUT = _t("provider", "backend-timeout", 504, "The provider backend did not answer")
+PROVIDER_BROKER_UNAVAILABLE = _t(
+    "provider", "broker-unavailable", 503, "The provider node's event broker cannot be reached"
+)
 PROVIDER_CONFIGURATION_EXPIRED = _t(
     "provider", "configuration-expired", 503, "The provider's global configuration has expired"
 )

@@ -46,6 +46,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from qiao import problems
 from qiao.db import HubBase, UTCDateTime, session_factory, utcnow
+from qiao.identity.models import User
 from qiao.identity.roles import Principal, Role
 from qiao.problems import Problem
 from qiao.registry.services import RegistryService, acting, check_uscc
@@ -294,6 +295,18 @@ class EmergencyService:
                     f"{who.subject} declared emergency {row.id}; another platform "
                     "administrator confirms it",
                 )
+            if who.subject.startswith("user:"):
+                # An account the declarer created is the declarer's second pair of hands, not
+                # a second administrator (one person could otherwise make one and confirm).
+                created_by = s.execute(
+                    select(User.created_by).where(User.username == who.subject[5:])
+                ).scalar_one_or_none()
+                if created_by and created_by == row.declared_by:
+                    raise Problem(
+                        problems.SECOND_ADMINISTRATOR_REQUIRED,
+                        f"{who.subject} was created by {row.declared_by}, who declared "
+                        f"emergency {row.id}; an administrator they did not create confirms it",
+                    )
             expires = now + timedelta(hours=row.hours)
             # The conditional UPDATE makes a race of two confirmations (or a confirmation and
             # a withdrawal) end with one winner, on SQLite too, where FOR UPDATE is a no-op.

@@ -31,7 +31,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -69,9 +69,8 @@ from qiao.agreements.models import (
     SharingRequest,
 )
 from qiao.canonical import canonical_json, sha256_hex
-from qiao.catalog.spec import Format, ResourceStatus, SharingType
+from qiao.catalog.spec import DataElement, Format, Item, ResourceStatus, SharingType
 from qiao.db import utcnow
-from qiao.hub.auth import need
 from qiao.identity.roles import Principal, Role
 from qiao.problems import Problem
 from qiao.registry.models import App, Organization
@@ -94,6 +93,24 @@ DEFAULT_MASKS = {
     Format.PLATE: MaskRule.PLATE,
 }
 RequestStatus = Literal["submitted", "approved", "refused", "withdrawn"]
+
+
+def default_masking(
+    items: Iterable[Item], elements: Mapping[str, DataElement]
+) -> dict[str, Masking]:
+    """The masking an agreement gets unless its terms say otherwise: each item whose data
+    element is personal information (PIPL art. 4) and whose format has a rule in
+    ``DEFAULT_MASKS``, by that rule. An item whose element is not in ``elements`` (not
+    published) gets none. The console's masked sample shows the same (qiao/console/sample.py)."""
+    masking: dict[str, Masking] = {}
+    for item in items:
+        element = elements.get(item.element)
+        if element is None or not element.personal or element.format is None:
+            continue
+        rule = DEFAULT_MASKS.get(element.format)
+        if rule is not None:
+            masking[item.field] = Masking(rule=rule)
+    return masking
 
 
 def _member(who: Principal, roles: tuple[Role, ...], org: str) -> bool:
@@ -429,15 +446,13 @@ class AgreementService:
         spec = published.spec
         if published.status is ResourceStatus.DEPRECATED:
             raise Problem(problems.CONFLICT, f"{provider}/{code} is deprecated (废止)")
-        masking: dict[str, Masking] = {}
+        elements: dict[str, DataElement] = {}
         for item in spec.items:
             try:
-                element, _owner = catalog.get_element(item.element)
+                elements[item.element] = catalog.get_element(item.element)[0]
             except Problem:
                 continue
-            rule = DEFAULT_MASKS.get(element.format) if element.format else None
-            if element.personal and rule is not None:
-                masking[item.field] = Masking(rule=rule)
+        masking = default_masking(spec.items, elements)
         ref = ResourceRef(
             code=code,
             version=published.version,
@@ -751,9 +766,14 @@ class AgreementService:
     ) -> RequestView:
         """The applicant's organization takes its undecided request back."""
         when = self._now(now)
+        # Like applying: a person of the applicant organization (a platform administrator
+        # does not act for one). Checked before the lookup too, so that someone who could
+        # withdraw no request cannot probe which request ids exist.
+        if who.org is None or not who.roles.intersection(APPLICANTS):
+            _need_member(who, APPLICANTS, who.org or "(none)", "withdrawing a request")
         with self._sessions.begin() as s:
             row = self._request_row(s, request_id)
-            need(who, *APPLICANTS, org=row.consumer_org)
+            _need_member(who, APPLICANTS, row.consumer_org, "withdrawing a request")
             done = s.execute(
                 update(SharingRequest)
                 .where(SharingRequest.id == request_id, SharingRequest.status == "submitted")

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from qiao.demo.people import DemoCity, generate_accidents
+from qiao.demo.people import DemoCity, generate_accidents, generate_stations
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -88,17 +88,7 @@ def market_regulation(city: DemoCity) -> web.Application:
 
 def transport(city: DemoCity, seed: int = 20261129) -> web.Application:
     """市交通运输局: public bicycle stations."""
-    rng = random.Random(seed)
-    districts = ["滨江区", "西城区", "东湖区", "南山区"]
-    stations = [
-        {
-            "station_id": f"BS{1000 + i}",
-            "name": f"{rng.choice(districts)}第{i + 1}站",
-            "capacity": (cap := rng.randint(10, 40)),
-            "bikes_available": rng.randint(0, cap),
-        }
-        for i in range(40)
-    ]
+    stations = generate_stations(seed=seed)
 
     async def list_stations(_r: web.Request) -> web.Response:
         return _json({"stations": stations})

@@ -49,7 +49,8 @@ def demo_catalog(codes: Mapping[str, str]) -> Catalog:
             provider=police,
             abstract=(
                 "本市道路交通事故的基本信息:事故编号、发生时间、辖区、地点、事故形态、事故等级、"
-                "伤亡人数和涉事车辆数,可按辖区和日期查询。不含当事人身份信息。"
+                "伤亡人数和涉事车辆数,可按辖区和日期查询;实时推送的事故信息另含第一当事方的"
+                "车辆号牌和公民身份号码,按共享协议脱敏后提供。"
             ),
             classification=Classification.THEMATIC,
             items=(
@@ -62,6 +63,9 @@ def demo_catalog(codes: Mapping[str, str]) -> Catalog:
                 _item("deaths", "死亡人数", "DE0023"),
                 _item("injuries", "受伤人数", "DE0024"),
                 _item("vehicles", "涉事车辆数", "DE0025"),
+                # Known once officers reach the scene; personal, so masked by default.
+                _item("party_plate", "第一当事方车辆号牌", "DE0008", required=False),
+                _item("party_citizen_id", "第一当事人公民身份号码", "DE0001", required=False),
             ),
             records_at="/accidents",
             sharing_type=SharingType.UNCONDITIONAL,

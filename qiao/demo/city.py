@@ -7,6 +7,7 @@ them, only all on one machine.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from qiao.db import make_engine, migrate
 from qiao.demo.people import make_uscc
 from qiao.demo.processes import Process, free_port, write_toml
 from qiao.demo.sharing import DemoSharing, seed_agreements
+from qiao.demo.streams import FEEDS, webhook_settings
 from qiao.exchange.keys import ApiKeyService
 from qiao.node.identity import enroll
 
@@ -77,6 +79,15 @@ DEPARTMENTS: tuple[Department, ...] = (
     Department(
         "bank", "桥城商业银行股份有限公司", "Qiaocheng Commercial Bank", "bank", ("credit-check",)
     ),
+    # Takes bicycle station status by webhook (qiao.demo.streams), to dispatch bikes and keep
+    # the pavements clear in its district.
+    Department(
+        "district",
+        "桥城市东湖区人民政府办公室",
+        "Qiaocheng Donghu District Office",
+        "government",
+        ("bike-dispatch",),
+    ),
 )
 
 
@@ -128,6 +139,9 @@ class Deployment:
     users: list[str] = field(default_factory=list)
     # The agreements the demo made (qiao.demo.sharing).
     sharing: DemoSharing = field(default_factory=DemoSharing)
+    # Webhook signing secrets (``whsec_``), by feed name (qiao.demo.streams.FEEDS): a feed
+    # whose subscriber has a demo backend and a secret here is delivered to it by webhook.
+    webhook_secrets: dict[str, str] = field(default_factory=dict)
 
     def _port(self, offset: int) -> int:
         return self.base_port + offset if self.base_port else free_port()
@@ -298,6 +312,16 @@ class Deployment:
             services.update(self.extra_services.get(d.key, {}))
             if services:
                 values["services"] = services
+            # The streams this department receives by webhook at its demo backend.
+            feeds = [
+                f
+                for f in FEEDS
+                if backend and f.subscriber == d.key and f.name in self.webhook_secrets
+            ]
+            if backend and feeds:
+                values["webhooks"] = [
+                    webhook_settings(f, self.codes[f.provider], backend) for f in feeds
+                ]
             config = write_toml(node_dir / "node.toml", values)
             token, _exp = reg.create_enrollment_token(org)
             enroll(
@@ -309,6 +333,10 @@ class Deployment:
                 address=f"https://127.0.0.1:{peer}",
                 witness_url=f"http://127.0.0.1:{port}/witness" if d.key in self.witnesses else "",
             )
+            for f in feeds:
+                # Written before the node starts, so the backend and the node share it (the
+                # node creates a random one only when the file is missing).
+                _write_secret(node_dir / f"webhook-{f.name}.secret", self.webhook_secrets[f.name])
             db_url = values.get("database_url") or f"sqlite:///{(node_dir / 'node.db').resolve()}"
             migrate("node", db_url)
             keys = ApiKeyService(make_engine(db_url))
@@ -346,3 +374,10 @@ class Deployment:
             info.process.stop()
         if self.hub is not None:
             self.hub.stop()
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secret)

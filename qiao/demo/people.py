@@ -301,3 +301,18 @@ def generate_accidents(n: int = 120, seed: int = SEED) -> list[dict[str, object]
             }
         )
     return accidents
+
+
+def generate_stations(n: int = 40, seed: int = SEED) -> list[dict[str, object]]:
+    """``n`` public bicycle stations of 桥城 (``BS1000`` on), each with its docks and the
+    bikes available when the city starts."""
+    rng = random.Random(seed)
+    return [
+        {
+            "station_id": f"BS{1000 + i}",
+            "name": f"{rng.choice(DISTRICTS)}第{i + 1}站",
+            "capacity": (cap := rng.randint(10, 40)),
+            "bikes_available": rng.randint(0, cap),
+        }
+        for i in range(n)
+    ]

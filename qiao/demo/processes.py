@@ -30,17 +30,26 @@ def toml_value(value: Any) -> str:
 
 
 def write_toml(path: Path, values: dict[str, Any]) -> Path:
-    """Write a flat TOML file with optional one-level tables (enough for Qiao's settings)."""
-    lines, tables = [], []
+    """Write a flat TOML file with optional one-level tables and arrays of flat tables
+    (``[[webhooks]]``): enough for Qiao's settings."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
     for key, value in values.items():
         if isinstance(value, dict):
             tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((key, value))
         else:
             lines.append(f"{key} = {toml_value(value)}")
     for name, table in tables:
         for sub, inner in table.items():
             lines.append(f"\n[{name}.{json.dumps(sub)}]")
             lines.extend(f"{k} = {toml_value(v)}" for k, v in inner.items())
+    for name, items in arrays:
+        for item in items:
+            lines.append(f"\n[[{name}]]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in item.items())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,20 @@ from yarl import URL
 
 from qiao.db import make_engine
 from qiao.demo import backends
-from qiao.demo.city import Deployment
+from qiao.demo.city import DEPARTMENTS, Deployment
 from qiao.demo.people import DemoCity, build_city, generate_accidents
 from qiao.demo.processes import free_port
+from qiao.demo.receivers import Receiver, new_secret, sign
+from qiao.demo.streams import (
+    ACCIDENTS,
+    FEEDS,
+    STATIONS,
+    StreamPublisher,
+    duplicates,
+    masking_problems,
+    missing,
+    order_problems,
+)
 from qiao.exchange.models import ExchangeRecord
 
 console = Console(stderr=True)
@@ -35,13 +47,34 @@ class Outcome:
     detail: str
 
 
-async def start_backends(city: DemoCity, base_port: int) -> tuple[dict[str, str], list[Any]]:
+@dataclass
+class Backends:
+    """The departments' demo backends, served by this process."""
+
+    urls: dict[str, str]  # dept key -> base URL
+    runners: list[web.AppRunner]
+    receivers: dict[str, Receiver]  # feed name -> the subscriber backend's webhook receiver
+
+    async def stop(self) -> None:
+        for r in self.runners:
+            await r.cleanup()
+
+
+async def start_backends(city: DemoCity, base_port: int, secrets: dict[str, str]) -> Backends:
+    """Start every department's backend; the subscribers of the feeds in ``secrets`` (feed
+    name -> ``whsec_`` secret) get a webhook receiver for it."""
     apps = {
         "police": backends.public_security(city),
         "transport": backends.transport(city),
         "market": backends.market_regulation(city),
         "health": backends.health(city),
+        "district": web.Application(),
     }
+    receivers: dict[str, Receiver] = {}
+    for feed in FEEDS:
+        if feed.name in secrets:
+            receivers[feed.name] = Receiver(feed.name, secrets[feed.name])
+            apps[feed.subscriber].add_routes(receivers[feed.name].routes(feed.path))
     urls: dict[str, str] = {}
     runners: list[web.AppRunner] = []
     for i, (dept, app) in enumerate(apps.items()):
@@ -50,7 +83,7 @@ async def start_backends(city: DemoCity, base_port: int) -> tuple[dict[str, str]
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         urls[dept], runners = f"http://127.0.0.1:{port}", [*runners, runner]
-    return urls, runners
+    return Backends(urls, runners, receivers)
 
 
 def sample_call(dep: Deployment, city: DemoCity) -> dict[str, Any]:
@@ -324,6 +357,148 @@ async def _receipt_outcome(dep: Deployment, exchange_id: str, wait: float = 30.0
     return Outcome(name, ok, statement)
 
 
+DELIVERY_WAIT = 20.0  # seconds for what was published during the check to reach the receivers
+
+
+async def stream_outcomes(
+    dep: Deployment, reg: Any, publisher: StreamPublisher, started: Backends
+) -> list[Outcome]:
+    """The streams, judged at the receivers: events published during the check arrive by
+    webhook within ``DELIVERY_WAIT``, masked as the agreement says, in published order per
+    partition key, each kept once; a delivery with a wrong signature is refused."""
+    mark = time.monotonic()
+    # Both feeds publish during the check: two accident reports and a station batch at least.
+    until = mark + 3 * max(publisher.accident_seconds, publisher.station_seconds)
+    while time.monotonic() < until and (
+        len(publisher.of(ACCIDENTS, mark)) < 2 or not publisher.of(STATIONS, mark)
+    ):
+        await asyncio.sleep(0.2)
+    during = {f.name: publisher.of(f, mark) for f in FEEDS}
+    last = max((p.at for ps in during.values() for p in ps), default=mark)
+    received: dict[str, dict[str, Any]] = {}
+    gone: dict[str, list[str]] = {}
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + DELIVERY_WAIT
+        while True:
+            for f in FEEDS:
+                async with http.get(f"{started.urls[f.subscriber]}/received") as r:
+                    received[f.name] = await _json(r)
+            gone = {f.name: missing(during[f.name], _events(received[f.name])) for f in FEEDS}
+            if not any(gone.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        took = time.monotonic() - last
+        forged = await _forged_delivery(http, started.urls[ACCIDENTS.subscriber] + ACCIDENTS.path)
+
+    out: list[Outcome] = []
+    counts = ", ".join(
+        f"{f.stream} {len(during[f.name]) - len(gone[f.name])}/{len(during[f.name])} "
+        f"→ {f.subscriber}"
+        for f in FEEDS
+    )
+    delivered = all(during.values()) and not any(gone.values())
+    why = "" if delivered else (
+        f"; not received: {sorted(i for ids in gone.values() for i in ids)[:5]}"
+        + (f"; publishing failed {publisher.refused}×: {publisher.last_refusal}"
+           if publisher.refused else "")
+    )  # fmt: skip
+    out.append(
+        Outcome(
+            "streams: events published during the check delivered by webhook",
+            delivered,
+            f"{counts}, {took:.1f} s after the last publish{why}",
+        )
+    )
+
+    masked = await asyncio.to_thread(_masking_rules, reg, dep.sharing.agreements["accidents"])
+    accidents = _events(received[ACCIDENTS.name])
+    wrong = masking_problems(publisher.of(ACCIDENTS), accidents, masked)
+    wrong += masking_problems(publisher.of(STATIONS), _events(received[STATIONS.name]), {})
+    sample: dict[str, Any] = next((e["event"] for e in accidents if "event" in e), {})
+    shown = ", ".join(f"{name} {sample.get(name)!r}" for name in sorted(masked))
+    out.append(
+        Outcome(
+            "streams: accidents masked by the agreement (first party's plate and citizen ID)",
+            bool(masked) and bool(accidents) and not wrong,
+            (f"{shown}; every other field as published" if not wrong else f"differs: {wrong[:5]}")
+            if accidents
+            else "no accident received",
+        )
+    )
+
+    several, disordered = 0, []
+    for f in FEEDS:
+        n, bad = order_problems(publisher.of(f), _events(received[f.name]))
+        several += n
+        disordered += [f"{f.stream}:{k}" for k in bad]
+    out.append(
+        Outcome(
+            "streams: updates in published order per partition key",
+            several > 0 and not disordered,
+            f"{several} key(s) with several updates, all in order"
+            if not disordered
+            else f"out of order: {disordered[:5]}",
+        )
+    )
+
+    twice = [i for f in FEEDS for i in duplicates(_events(received[f.name]))]
+    repeats = sum(int(received[f.name].get("duplicates", 0)) for f in FEEDS)
+    out.append(
+        Outcome(
+            "streams: no duplicates at the receivers",
+            not twice and all(f.name in received for f in FEEDS),
+            f"each event kept once ({repeats} repeated delivery(ies) dropped by webhook-id)"
+            if not twice
+            else f"kept twice: {twice[:5]}",
+        )
+    )
+    out.append(
+        Outcome(
+            "streams: a delivery with a wrong signature is refused",
+            forged == 401,
+            f"{forged}",
+        )
+    )
+    return out
+
+
+def _events(received: dict[str, Any]) -> list[dict[str, Any]]:
+    events = received.get("events")
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def _masking_rules(reg: Any, agreement_id: str) -> dict[str, Any]:
+    """The agreement's masking, per top-level field, as functions the check can recompute
+    (``None`` where it cannot: a pseudonym is keyed by the provider's secret)."""
+    from qiao.agreements.document import MaskRule
+    from qiao.agreements.masking import rule_for
+    from qiao.agreements.service import AgreementService
+    from qiao.demo.sharing import admin
+
+    agreement = AgreementService(reg).get(admin(), agreement_id).agreement()
+    rules: dict[str, Any] = {}
+    for path, masking in agreement.masking.items():
+        if masking.rule is MaskRule.PSEUDONYM:
+            rules[path] = None
+        else:
+            rules[path] = rule_for(masking, path, b"") or (lambda _value: None)
+    return rules
+
+
+async def _forged_delivery(http: aiohttp.ClientSession, url: str) -> int:
+    """POST a well-formed delivery signed with another secret: the receiver must refuse it."""
+    body = json.dumps({"event_id": "forged", "event": {}}).encode()
+    ts = int(time.time())
+    headers = {
+        "webhook-id": "msg_forged",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(new_secret(), "msg_forged", ts, body),
+        "content-type": "application/json",
+    }
+    async with http.post(url, data=body, headers=headers) as r:
+        return r.status
+
+
 def print_summary(dep: Deployment, outcomes: list[Outcome], data_dir: Path) -> None:
     t = Table(title="桥城 demo city — what happened", show_lines=False)
     t.add_column("check")
@@ -341,9 +516,21 @@ def print_summary(dep: Deployment, outcomes: list[Outcome], data_dir: Path) -> N
         n.add_row(info.dept.name, info.org, info.url, f"{info.url}/healthz")
     console.print(n)
     console.print(f"hub: {dep.hub_url}  (API docs: {dep.hub_url}/docs)")
+    for feed in FEEDS:
+        if feed.subscriber in dep.backend_urls:
+            console.print(
+                f"stream {feed.stream} ({feed.provider} → {feed.subscriber}, by webhook), "
+                f"what arrived: {dep.backend_urls[feed.subscriber]}/received"
+            )
+    console.print(f"web console: {dep.hub_url}/console/  (docs/console.md)")
     console.print(
         f"sign-in names ({len(dep.users)}; passwords and TOTP secrets in "
         f"{(data_dir / 'users.json').resolve()}): {', '.join(dep.users)}"
+    )
+    approver = next((u for u in dep.users if u.endswith("-approver")), None)
+    console.print(
+        "e.g. sign in as admin (platform administrator)"
+        + (f" or {approver} (a department's approver)" if approver else "")
     )
     console.print(f"data and logs: {data_dir.resolve()}")
     console.print(f"exchange records: qiao node --config {dep.nodes['transport'].config} records")
@@ -355,19 +542,29 @@ async def _run(
     city = build_city()
     dep = Deployment(data_dir=data_dir, base_port=base_port, hub_database_url=database_url)
     dep.prepare()
-    backend_urls, runners = await start_backends(city, base_port)
-    dep.backend_urls = backend_urls
+    dep.webhook_secrets = {feed.name: new_secret() for feed in FEEDS}
+    started = await start_backends(city, base_port, dep.webhook_secrets)
+    dep.backend_urls = started.urls
+    publishing: asyncio.Task[None] | None = None
     try:
         if not as_json:
-            console.print("starting the hub and five departments' nodes …")
+            console.print(f"starting the hub and {len(DEPARTMENTS)} departments' nodes …")
         reg = await asyncio.to_thread(dep.start_hub)
         await asyncio.to_thread(dep.start_nodes, reg)
+        # The city's streams flow from now until the demo stops.
+        publisher = StreamPublisher(dep, city)
+        publishing = asyncio.create_task(publisher.run_forever())
         outcomes = await scenario(dep, city, reg)
+        outcomes += await stream_outcomes(dep, reg, publisher, started)
         ok = all(o.ok for o in outcomes)
         if as_json:
             print(
                 json.dumps(
-                    {"hub_url": dep.hub_url, "console_url": None, "sample": sample_call(dep, city)},
+                    {
+                        "hub_url": dep.hub_url,
+                        "console_url": f"{dep.hub_url}/console/",
+                        "sample": sample_call(dep, city),
+                    },
                     ensure_ascii=False,
                 ),
                 flush=True,
@@ -386,9 +583,16 @@ async def _run(
         await stop.wait()
         return 0
     finally:
+        if publishing is not None:
+            publishing.cancel()
+            try:
+                await publishing
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a bug in the feeds must not keep the city running
+                logging.getLogger("qiao.demo").exception("the stream publisher failed")
         await asyncio.to_thread(dep.stop)
-        for r in runners:
-            await r.cleanup()
+        await started.stop()
 
 
 def run_demo(

@@ -25,6 +25,7 @@ PURPOSES = {
     "account-opening": "开立账户实名核验",
     "license-review": "市场主体登记实名核验",
     "epidemic-response": "突发公共卫生事件应急处置",
+    "bike-dispatch": "辖区公共自行车调度与停放秩序管理",
 }
 
 
@@ -62,12 +63,17 @@ def seed_agreements(reg: Any, codes: dict[str, str]) -> DemoSharing:
     dev = {d: person(codes, d, Role.APP_DEVELOPER) for d in codes}
     approver = {d: person(codes, d, Role.APPROVER) for d in codes}
 
-    # 无条件共享: subscribed to at once (still signed, recorded and enforced).
+    # 无条件共享: subscribed to at once (still signed, recorded and enforced). A subscription
+    # masks the personal items by their data element's default rule: the accidents' first
+    # party's plate and citizen ID reach transport masked (qiao.demo.streams).
     for label, consumer, provider, code, purposes, end_user in (
         ("accidents", "transport", "police", "traffic-accidents", ("traffic-management",), False),
         ("credit-bank", "bank", "market", "enterprise-credit", ("loan-review",), True),
         ("credit-police", "police", "market", "enterprise-credit", ("case-investigation",), False),
         ("bikes", "police", "transport", "bike-stations", ("patrol-planning",), False),
+        # The Donghu district office takes station status as it changes (a webhook, see
+        # qiao.demo.streams) to send its bike-dispatch crews where stations run empty or full.
+        ("bikes-district", "district", "transport", "bike-stations", ("bike-dispatch",), False),
     ):
         view = svc.subscribe(
             dev[consumer], codes[provider], code, purposes=purposes, end_user_required=end_user

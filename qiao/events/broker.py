@@ -25,7 +25,9 @@ _STREAM = re.compile(r"[A-Za-z0-9_-]{1,64}/[a-z0-9][a-z0-9-]{0,63}")
 _SUBSCRIBER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Event ids travel in the Nats-Msg-Id header, so they stay printable ASCII without spaces
 # (UUIDs and ULIDs fit).
-_EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Backends' event ids, and "~" + hex for an event's copy under one of several agreements of
+# the same organization (qiao.events.publisher.broker_event_id).
+_EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}|~[0-9a-f]{40}")
 MAX_PARTITION_KEY = 256
 # JetStream's default max_payload is 1 MiB; an envelope is an event plus HPKE overhead.
 MAX_ENVELOPE = 1024 * 1024 - 4096

@@ -81,3 +81,14 @@ def tail(
             # Without --from-start the first answer starts at the node's position; from then
             # on this command keeps its own, never the node's.
             after = int(body.get("next", after or 0))
+
+
+# Records of published and delivered events, and their check against the ledger.
+from qiao.events.records import records_command  # noqa: E402
+
+events_app.command("records")(records_command)
+
+# Webhook positions, rewinds and dead letters (qiao.events.webhook_cli).
+from qiao.events.webhook_cli import register as register_webhooks  # noqa: E402
+
+register_webhooks(events_app)

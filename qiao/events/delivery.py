@@ -26,7 +26,7 @@ import orjson
 from qiao import problems
 from qiao.agreements.document import Agreement
 from qiao.events.broker import Broker, StoredEvent
-from qiao.events.envelope import EnvelopeError, event_aad, open_envelope
+from qiao.events.envelope import EnvelopeError, batch_aad, event_aad, open_envelope
 from qiao.events.publisher import stream_name, stream_partition_key
 from qiao.globalconf import GlobalConf, ResourceEntry
 from qiao.node.confcache import ConfigurationCache
@@ -99,7 +99,8 @@ class Delivery:
     ) -> Pulled:
         """Up to ``limit`` events after offset ``after`` of this node's log, waiting up to
         ``wait`` seconds when there is none. With ``agreement``, only events masked under
-        that agreement are delivered (the others are for another app of this node)."""
+        that agreement, or an earlier one it renews, are delivered (the others are for
+        another app of this node)."""
         conf = self._conf.usable()
         resource = self._resource(conf, provider_org, stream_code)
         limit, wait = max(1, min(limit, MAX_LIMIT)), max(0.0, min(wait, MAX_WAIT))
@@ -108,10 +109,11 @@ class Delivery:
             stream, self._identity.name, after=after, limit=limit, wait=wait
         )
         key_field = stream_partition_key(conf, provider_org, stream_code)
+        admitted = None if agreement is None else lineage(conf, agreement)
         out: list[DeliveredEvent] = []
         for ev in stored:
             delivered = self._open(conf, resource, stream, key_field, ev)
-            if delivered is not None and (agreement is None or delivered.agreement == agreement):
+            if delivered is not None and (admitted is None or delivered.agreement in admitted):
                 out.append(delivered)
         return Pulled(out, stored[-1].offset if stored else after)
 
@@ -126,7 +128,10 @@ class Delivery:
         name = self._identity.name
         try:
             plain = open_envelope(
-                self._identity.event_key, ev.envelope, aad=event_aad(stream, name, ev.event_id)
+                self._identity.event_key,
+                ev.envelope,
+                aad=event_aad(stream, name, ev.event_id),
+                key_aad=batch_aad(stream, name),
             )
             sealed = orjson.loads(plain)
         except (EnvelopeError, orjson.JSONDecodeError) as exc:
@@ -134,7 +139,14 @@ class Delivery:
             return None
         record = sealed.get("event") if isinstance(sealed, dict) else None
         agreement_id = sealed.get("agreement") if isinstance(sealed, dict) else None
-        if not isinstance(record, dict) or not isinstance(agreement_id, str):
+        # The event's own id: inside the envelope when the broker holds one copy per agreement
+        # under derived ids (qiao.events.publisher.broker_event_id), else the broker's.
+        event_id = sealed.get("event_id", ev.event_id) if isinstance(sealed, dict) else None
+        if (
+            not isinstance(record, dict)
+            or not isinstance(agreement_id, str)
+            or not isinstance(event_id, str)
+        ):
             log.error(
                 "skipping event %s at %s of %s: not an agreement id and a record",
                 ev.event_id, ev.offset, stream,
@@ -151,7 +163,7 @@ class Delivery:
         key = record.get(key_field) if key_field else None
         return DeliveredEvent(
             ev.offset,
-            ev.event_id,
+            event_id,
             str(key)
             if isinstance(key, str | int) and not isinstance(key, bool)
             else ev.partition_key,
@@ -170,6 +182,38 @@ class Delivery:
 
     async def acked(self, provider_org: str, stream_code: str) -> int:
         return await self._broker.acked(stream_name(provider_org, stream_code), self._identity.name)
+
+    async def offset_at(self, provider_org: str, stream_code: str, when: datetime) -> int:
+        """Where a replay from ``when`` starts: the last offset of this node's log published
+        before it (a pull ``after`` it gets the events from ``when`` on)."""
+        self._resource(self._conf.usable(), provider_org, stream_code)
+        return await self._broker.offset_at(
+            stream_name(provider_org, stream_code), self._identity.name, when
+        )
+
+
+def _ancestors(conf: GlobalConf, agreement_id: str) -> list[str]:
+    """``agreement_id`` and the agreements it renews, back as far as the configuration knows."""
+    out = [agreement_id]
+    current = conf.policy.agreements.get(agreement_id)
+    while current is not None and current.renews and current.renews not in out and len(out) < 64:
+        out.append(current.renews)
+        current = conf.policy.agreements.get(current.renews)
+    return out
+
+
+def lineage(conf: GlobalConf, agreement_id: str) -> set[str]:
+    """The agreements whose events an app admitted under ``agreement_id`` receives: it, the
+    ones it renews, and the ones that renew it. A renewal keeps the terms
+    (docs/agreements.md), so events published under an agreement before its renewal took
+    over reach the apps the renewal admits, and the other way round while both are in force
+    (the publisher seals for the newest only)."""
+    out = set(_ancestors(conf, agreement_id))
+    for other in conf.policy.agreements:
+        chain = _ancestors(conf, other)
+        if agreement_id in chain[1:]:
+            out.add(other)
+    return out
 
 
 def _top(path: str) -> str:

@@ -40,6 +40,7 @@ import hmac
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,12 +57,12 @@ from qiao.catalog.schema import Violation
 from qiao.db import utcnow
 from qiao.events.broker import MAX_ENVELOPE, MAX_PARTITION_KEY, Broker, Outgoing
 from qiao.events.envelope import (
-    ENC_BYTES,
-    TAG_BYTES,
+    BATCH_OVERHEAD,
     EnvelopeError,
+    batch_aad,
     event_aad,
     event_key_from_text,
-    seal,
+    seal_batch,
 )
 from qiao.globalconf import GlobalConf, NodeEntry, ResourceEntry
 from qiao.node.confcache import ConfigurationCache
@@ -75,7 +76,7 @@ MAX_EVENTS = 1000  # per publish call
 MAX_VIOLATIONS = 20  # named in one refusal
 _EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what the broker accepts (qiao.events.broker)
 # The sealed plaintext carries the agreement id beside the event; this bounds that overhead.
-_SEAL_OVERHEAD = 1 + ENC_BYTES + TAG_BYTES + 256
+_SEAL_OVERHEAD = BATCH_OVERHEAD + 256
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,9 @@ def publishable(
 def subscriptions(
     conf: GlobalConf, provider_org: str, code: str, now: datetime
 ) -> list[Subscription]:
-    """Who receives ``provider_org``'s stream ``code`` now: per consumer organization the first
-    agreement that allows it (ordinary agreements before emergency-only ones, as the policy
-    orders them), and that organization's nodes with an events key."""
+    """Who receives ``provider_org``'s stream ``code`` now: every agreement that allows it
+    (an organization may hold several, for different apps, purposes or fields: each gets the
+    events masked by its own terms), with that organization's nodes with an events key."""
     out: list[Subscription] = []
     for (consumer_org, prov, res), entries in sorted(conf.policy.by_parties.items()):
         if prov != provider_org or res != code:
@@ -151,12 +152,25 @@ def subscriptions(
         nodes = tuple(n for n in conf.nodes_by_org.get(consumer_org, ()) if n.events_key)
         if not nodes:
             continue
+        found: list[Subscription] = []
         for e in entries:
             if publishable(conf.policy, e, consumer_org, provider_org, code, now):
                 assert e.agreement is not None
-                out.append(Subscription(consumer_org, e.agreement, e.sha256, nodes))
-                break
+                found.append(Subscription(consumer_org, e.agreement, e.sha256, nodes))
+        # While a renewal and the agreement it renews are both in force, only the renewal
+        # gets the events (once); the apps of either receive them (qiao.events.delivery.lineage).
+        renewed = {sub.agreement.renews for sub in found}
+        out.extend(sub for sub in found if sub.agreement.id not in renewed)
     return out
+
+
+def broker_event_id(event_id: str, agreement_id: str) -> str:
+    """The id in the broker of ``event_id``'s copy for one of several agreements of the same
+    organization: each copy is its own entry in the node's log (a broker keeps one entry per
+    id), the same on every retry. ``~`` never appears in a backend's event ids, so a derived
+    id cannot collide with one; the event's own id travels inside the envelope."""
+    digest = hashlib.sha256(canonical_json(["qiao-event-copy/1", event_id, agreement_id]))
+    return "~" + digest.hexdigest()[:40]
 
 
 class Publisher:
@@ -226,27 +240,43 @@ class Publisher:
         now = now or utcnow()
         stream = stream_name(org, stream_code)
         offsets: dict[str, dict[str, int]] = {event_id: {} for event_id, _, _ in records}
-        jobs = []
-        for sub in subscriptions(conf, org, stream_code, now):
+        subs = subscriptions(conf, org, stream_code, now)
+        per_org = Counter(sub.consumer_org for sub in subs)
+        # Per node: what goes into its log (one broker call), and whose event each entry is.
+        logs: dict[str, tuple[list[Outgoing], list[str]]] = {}
+        for sub in subs:
             masker = self._masker(sub)
             token_key = self._pseudonym_key(sub.consumer_org, stream_code)
+            copies = per_org[sub.consumer_org] > 1
             plain = [
                 (
-                    event_id,
+                    broker_event_id(event_id, sub.agreement.id) if copies else event_id,
                     partition_token(token_key, key),
-                    orjson.dumps({"agreement": sub.agreement.id, "event": masker.apply(record)}),
+                    orjson.dumps(
+                        {
+                            "agreement": sub.agreement.id,
+                            "event_id": event_id,
+                            "event": masker.apply(record),
+                        }
+                    ),
                 )
                 for event_id, key, record in records
             ]
             for node in sub.nodes:
                 outgoing = self._sealed(stream, node, plain, now)
                 if outgoing:
-                    jobs.append((node.name, self._broker.publish(stream, node.name, outgoing)))
+                    entries, owners = logs.setdefault(node.name, ([], []))
+                    entries.extend(outgoing)
+                    owners.extend(event_id for event_id, _, _ in records)
         # All logs are written concurrently; the call returns once every one is durable.
-        results = await asyncio.gather(*(job for _, job in jobs))
-        for (node_name, _), node_offsets in zip(jobs, results, strict=True):
-            for (event_id, _, _), offset in zip(records, node_offsets, strict=True):
-                offsets[event_id][node_name] = offset
+        names = list(logs)
+        results = await asyncio.gather(
+            *(self._broker.publish(stream, name, logs[name][0]) for name in names)
+        )
+        for name, node_offsets in zip(names, results, strict=True):
+            for event_id, offset in zip(logs[name][1], node_offsets, strict=True):
+                # With several agreements a node holds several copies: the first one's offset.
+                offsets[event_id].setdefault(name, offset)
         return [PublishedEvent(eid, key, offsets[eid], record) for eid, key, record in records]
 
     def _sealed(
@@ -258,14 +288,15 @@ class Publisher:
             # One node's broken key must not stop the stream for everyone else.
             log.error("not sealing %s to node %s: %s", stream, node.name, exc)
             return []
+        # One data key for the batch, sealed once to the node (qiao.events.envelope, version 2).
+        envelopes = seal_batch(
+            recipient,
+            [(data, event_aad(stream, node.name, event_id)) for event_id, _, data in plain],
+            key_aad=batch_aad(stream, node.name),
+        )
         return [
-            Outgoing(
-                event_id,
-                token,
-                seal(recipient, data, aad=event_aad(stream, node.name, event_id)),
-                now,
-            )
-            for event_id, token, data in plain
+            Outgoing(event_id, token, envelope, now)
+            for (event_id, token, _), envelope in zip(plain, envelopes, strict=True)
         ]
 
     def _checked(
@@ -300,6 +331,12 @@ class Publisher:
                 Violation(at + v.pointer, v.keyword, v.rule)
                 for v in resource.event_schema.errors(record)
             )
+            inexact = _inexact_number(record)
+            if inexact is not None:
+                # RFC 7493 §2.2 (I-JSON): integers beyond ±(2**53 - 1) do not survive other
+                # JSON implementations, and RFC 8785 (the digest's canonical form) has none.
+                violations.append(Violation(at + inexact, "maximum", "i-json-integer"))
+                continue
             key = _key_text(record.get(key_field))
             if key is None:
                 violations.append(
@@ -331,6 +368,28 @@ def _key_text(value: Any) -> str | None:
     if not 0 < len(text) <= MAX_PARTITION_KEY:
         return None
     return text
+
+
+_EXACT = 2**53 - 1
+
+
+def _inexact_number(value: Any, at: str = "") -> str | None:
+    """The JSON Pointer of the first integer outside I-JSON's exact range, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return at if abs(value) > _EXACT else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _inexact_number(v, f"{at}/{_escape(str(k))}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _inexact_number(v, f"{at}/{i}")
+            if found is not None:
+                return found
+    return None
 
 
 def _escape(name: str) -> str:

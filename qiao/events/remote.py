@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from yarl import URL
@@ -126,7 +126,13 @@ class HubBroker:
         async with self._session.request(
             method, url, data=data or None, headers=headers, timeout=timeout
         ) as response:
-            payload = await response.json(content_type=None)
+            raw = await response.read()
+            try:
+                payload = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                payload = None  # a proxy's error page: the status still says what happened
+                if response.status < 400:
+                    raise HubError(response.status, "", "the hub's answer is not JSON") from None
             if response.status >= 400:
                 problem = payload if isinstance(payload, dict) else {}
                 type_ = str(problem.get("type", ""))
@@ -228,7 +234,8 @@ async def register_events_key(
 
 
 def _json_bytes(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    # orjson: compact UTF-8 JSON, several times faster than json.dumps on 1,000-event batches.
+    return orjson.dumps(body)
 
 
 def _outgoing_json(event: Outgoing) -> dict[str, str]:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +29,12 @@ from qiao.exchange.limits import NOT_COUNTED, Limiter, Reservation
 from qiao.exchange.records import RecordWriter
 from qiao.exchange.relay import Exchange, client_session, forward_headers, upstream_failure
 from qiao.globalconf import GlobalConf, NodeEntry, ResourceEntry
-from qiao.identity.access_tokens import TokenRefused, looks_like_jwt, node_audience
+from qiao.identity.access_tokens import (
+    AccessToken,
+    TokenRefused,
+    looks_like_jwt,
+    node_audience,
+)
 from qiao.node.confcache import ConfigurationCache
 from qiao.node.identity import NodeIdentity
 from qiao.problems import Problem
@@ -36,6 +42,41 @@ from qiao.problems import Problem
 log = logging.getLogger("qiao.exchange.consumer")
 # The scope an access token from the hub needs to be used at a node (docs/sso.md).
 EXCHANGE_SCOPE = "qiao"
+
+
+class TokenVerifier(Protocol):
+    """What checks the hub's access tokens at a node (``HubTokens``; tests pass a fake)."""
+
+    async def verify(self, token: str) -> AccessToken: ...
+
+
+async def accept_access_token(tokens: TokenVerifier, token: str, app: str | None) -> AccessToken:
+    """An access token from the hub that lets an app of this node act for a user, or a
+    ``Problem`` saying why not. ``app`` is the app the caller claims to be (None: the
+    token's own app, which it must then name). Shared by the exchange and the event routes."""
+    try:
+        at = await tokens.verify(token)
+    except HubKeysUnavailable as exc:
+        raise Problem(
+            problems.HUB_KEYS_UNAVAILABLE, f"the hub's signing keys are unavailable: {exc}"
+        ) from exc
+    except TokenRefused as exc:
+        raise Problem(problems.BAD_CREDENTIAL, f"the access token is refused: {exc}") from exc
+    if not at.app or (app is not None and at.app != app):
+        raise Problem(
+            problems.BAD_CREDENTIAL,
+            f"the access token was issued to {at.app or 'a client bound to no app'}, "
+            f"not {app or 'an app of this node'}",
+        )
+    if EXCHANGE_SCOPE not in at.scope.split():
+        # RFC 9068 §2.2.3: the scope says what the token may be used for. A token asked
+        # for sign-in alone ("openid profile") does not let the app call for the user.
+        raise Problem(
+            problems.OUT_OF_SCOPE,
+            f"the access token's scope {at.scope!r} lacks {EXCHANGE_SCOPE!r}: ask the hub "
+            f"for scope '{EXCHANGE_SCOPE}' to call the exchange for the user",
+        )
+    return at
 
 
 @dataclass
@@ -148,6 +189,11 @@ class ConsumerGateway:
         )
         return client_session(connector, timeout=timeout)
 
+    @property
+    def tokens(self) -> HubTokens:
+        """The verifier of the hub's access tokens (the event routes accept them too)."""
+        return self._tokens
+
     async def start(self) -> None:
         self._session = self._new_session()
 
@@ -230,28 +276,7 @@ class ConsumerGateway:
             )
 
     async def _check_access_token(self, token: str, client: p.Client, x: Exchange) -> None:
-        try:
-            at = await self._tokens.verify(token)
-        except HubKeysUnavailable as exc:
-            raise Problem(
-                problems.HUB_KEYS_UNAVAILABLE, f"the hub's signing keys are unavailable: {exc}"
-            ) from exc
-        except TokenRefused as exc:
-            raise Problem(problems.BAD_CREDENTIAL, f"the access token is refused: {exc}") from exc
-        if at.app != str(client):
-            raise Problem(
-                problems.BAD_CREDENTIAL,
-                f"the access token was issued to {at.app or 'a client bound to no app'}, "
-                f"not {client}",
-            )
-        if EXCHANGE_SCOPE not in at.scope.split():
-            # RFC 9068 §2.2.3: the scope says what the token may be used for. A token asked
-            # for sign-in alone ("openid profile") does not let the app call for the user.
-            raise Problem(
-                problems.OUT_OF_SCOPE,
-                f"the access token's scope {at.scope!r} lacks {EXCHANGE_SCOPE!r}: ask the hub "
-                f"for scope '{EXCHANGE_SCOPE}' to call the exchange for the user",
-            )
+        at = await accept_access_token(self._tokens, token, str(client))
         # RFC 9068 §2.2: "sub" is the resource owner. It replaces whatever X-Qiao-User the
         # app sent, so the record names the person the hub authenticated.
         x.record.end_user = at.subject[:200]

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,9 @@ class Record:
 
 
 Waiter = tuple[asyncio.AbstractEventLoop, list[asyncio.Future[None]]]
+# Rows of another node table that commit in the same transaction as a record (the event
+# records of a batch with the batch's exchange record, qiao.events.records).
+Companions = tuple[Table, Sequence[dict[str, Any]]]
 
 
 class RecordWriter:
@@ -66,7 +70,9 @@ class RecordWriter:
         self._insert = _RawInsert(engine, ExchangeRecord.__table__)  # type: ignore[arg-type]
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._pending: dict[asyncio.AbstractEventLoop, tuple[list[Any], list[Any]]] = {}
+        self._pending: dict[
+            asyncio.AbstractEventLoop, tuple[list[Any], list[Any], list[Companions]]
+        ] = {}
         self._thread = threading.Thread(target=self._run, name="qiao-records", daemon=True)
         self.written = 0
         self.commits = 0
@@ -77,22 +83,26 @@ class RecordWriter:
         """The node's store (the rate limiters seed their counts from its records)."""
         return self._engine
 
-    async def write(self, record: Record) -> None:
+    async def write(self, record: Record, companions: Companions | None = None) -> None:
+        """Commit ``record`` (and ``companions``, rows of another table, in the same
+        transaction); returns once they are durable."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         pending = self._pending.get(loop)
         if pending is None:
-            pending = self._pending[loop] = ([], [])
+            pending = self._pending[loop] = ([], [], [])
             loop.call_soon(self._hand_over, loop)
         # A shallow copy is all a record needs (its fields are immutable values) and costs a
         # fraction of dataclasses.asdict's deep copy on the hot path.
         pending[0].append(dict(record.__dict__))
         pending[1].append(fut)
+        if companions is not None:
+            pending[2].append(companions)
         await fut
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        rows, futures = self._pending.pop(loop)
-        self._queue.put((rows, (loop, futures)))
+        rows, futures, companions = self._pending.pop(loop)
+        self._queue.put((rows, (loop, futures), companions))
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(self._STOP)
@@ -105,26 +115,32 @@ class RecordWriter:
             item = self._queue.get()
             rows: list[dict[str, Any]] = []
             waiters: list[Waiter] = []
+            companions: list[Companions] = []
+            extra = 0  # companion rows count towards a transaction's size too
             while True:
                 if item is self._STOP:
                     stopping = True
                 else:
                     rows.extend(item[0])
                     waiters.append(item[1])
-                if stopping or len(rows) >= self._max_batch:
+                    companions.extend(item[2])
+                    extra += sum(len(c[1]) for c in item[2])
+                if stopping or len(rows) + extra >= self._max_batch:
                     break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
             if rows:
-                self._commit(rows, waiters)
+                self._commit(rows, waiters, companions)
 
-    def _commit(self, rows: list[dict[str, Any]], waiters: list[Waiter]) -> None:
+    def _commit(
+        self, rows: list[dict[str, Any]], waiters: list[Waiter], companions: list[Companions]
+    ) -> None:
         error: BaseException | None = None
         for attempt in range(5):
             try:
-                self._insert(rows)
+                self._insert(rows, companions)
                 error = None
                 break
             except Exception as exc:  # database briefly unavailable: retry, then report
@@ -148,10 +164,10 @@ class _RawInsert:
     largest cost of writing records (see BENCHMARKS.md). Bind processors still apply, so the
     stored values are exactly what the ORM would write and read back."""
 
-    def __init__(self, engine: Engine, table: Table) -> None:
+    def __init__(self, engine: Engine, table: Table, columns: list[str] | None = None) -> None:
         self._engine = engine
         dialect = engine.dialect
-        columns = [f.name for f in fields(Record)]
+        columns = columns or [f.name for f in fields(Record)]
         compiled = insert(table).compile(dialect=dialect, column_keys=columns)
         self._sql = str(compiled)
         self._names = list(compiled.positiontup or []) if compiled.positional else None
@@ -161,8 +177,10 @@ class _RawInsert:
             for c in table.columns
             if (proc := c.type._cached_bind_processor(dialect)) is not None
         }
+        # Statements for companion tables, compiled on first use (keyed by table).
+        self._companions: dict[Table, _RawInsert] = {}
 
-    def __call__(self, rows: list[dict[str, Any]]) -> None:
+    def _params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
         params: list[Any] = []
         for row in rows:
             values = dict(row)
@@ -170,6 +188,17 @@ class _RawInsert:
                 if name in values:
                     values[name] = proc(values[name])
             params.append([values[n] for n in self._names] if self._names else values)
+        return params
+
+    def __call__(self, rows: list[dict[str, Any]], companions: Sequence[Companions] = ()) -> None:
+        params = self._params(rows)
+        others: dict[Table, list[Any]] = {}
+        for table, extra in companions:
+            stmt = self._companions.get(table)
+            if stmt is None:
+                columns = [c.name for c in table.columns if not c.primary_key]
+                stmt = self._companions[table] = _RawInsert(self._engine, table, columns)
+            others.setdefault(table, []).extend(stmt._params(extra))
         # The writer thread keeps one connection for itself instead of a pool checkout per
         # batch (each check-in costs a rollback round trip).
         if self._raw is None:
@@ -178,6 +207,9 @@ class _RawInsert:
         try:
             cur = raw.cursor()
             cur.executemany(self._sql, params)
+            for table, table_params in others.items():
+                if table_params:
+                    cur.executemany(self._companions[table]._sql, table_params)
             cur.close()
             raw.commit()
         except BaseException:

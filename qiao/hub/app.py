@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qiao import __version__, problems
+from qiao import __version__, console, problems
 from qiao.agreements import api as agreements_api
 from qiao.agreements import emergency_api
 from qiao.catalog import api as catalog_api
@@ -144,6 +144,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     agreements_api.install(app, registry, settings)
     emergency_api.install(app, registry, settings)
     hub_api.install(app, registry, settings)
+    console.install(app, registry, settings)  # the web console, /console/ (docs/console.md)
     _flag_emergency_accesses(ledger, registry)
     from qiao.ledger.views import ledger_router
 

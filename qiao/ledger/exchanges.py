@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,14 +21,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import BigInteger, Index, Integer, String, select
+from sqlalchemy import BigInteger, Float, Index, Integer, String, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from qiao import problems
 from qiao.canonical import canonical_json
-from qiao.db import HubBase
+from qiao.db import HubBase, UTCDateTime
 from qiao.problems import Problem
 from qiao.registry.models import Certificate, Node
 
@@ -62,10 +63,33 @@ OPTIONAL_ENTRY_FIELDS = ("agreement", "emergency")
 
 
 class LedgerExchange(HubBase):
-    """Which ledger entry holds which node's record of an exchange (for receipts)."""
+    """Which ledger entry holds which node's record of an exchange (for receipts), with the
+    entry's who, what, when and why copied out so that audit searches and the dashboard's
+    figures read indexed columns, not a million JSON entries (docs/console.md, "Audit").
+
+    ``org`` is the organization of the node that recorded it: each party's node records an
+    exchange, so an organization's own rows are every exchange it took part in. The copied
+    columns are NULL for rows from before migration 0014 that it could not fill."""
 
     __tablename__ = "ledger_exchanges"
-    __table_args__ = (Index("ix_ledger_exchanges_exchange_id", "exchange_id"),)
+    __table_args__ = (
+        Index("ix_ledger_exchanges_exchange_id", "exchange_id"),
+        # Keyset paging runs on idx (newest first) within each filter. A search by one
+        # organization reads (filter, org, idx); the platform's, across organizations, reads
+        # (filter, idx) where a filter matches many rows (purpose, resource). An end user's
+        # or an exchange's rows are few: sorting them costs nothing.
+        Index("ix_ledger_exchanges_org_idx", "org", "idx"),
+        Index("ix_ledger_exchanges_xid_org_idx", "exchange_id", "org", "idx"),
+        Index("ix_ledger_exchanges_end_user_idx", "end_user", "org", "idx"),
+        Index("ix_ledger_exchanges_purpose_idx", "purpose", "idx"),
+        Index("ix_ledger_exchanges_purpose_org_idx", "purpose", "org", "idx"),
+        Index("ix_ledger_exchanges_resource_idx", "provider_org", "resource", "idx"),
+        Index("ix_ledger_exchanges_resource_org_idx", "provider_org", "resource", "org", "idx"),
+        # Time windows: the audit's time range and the dashboard's last 24 h / 14 days;
+        # covering, so the dashboard's figures never read the table itself.
+        Index("ix_ledger_exchanges_started_at", "started_at", "org", "status", "duration_ms"),
+        Index("ix_ledger_exchanges_org_started_at", "org", "started_at", "status", "duration_ms"),
+    )
 
     idx: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
@@ -73,6 +97,52 @@ class LedgerExchange(HubBase):
     exchange_id: Mapped[str] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(16))
     node: Mapped[str] = mapped_column(String(64))
+    org: Mapped[str | None] = mapped_column(String(18), nullable=True)
+    client: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    provider_org: Mapped[str | None] = mapped_column(String(18), nullable=True)
+    resource: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    method: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    purpose: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    end_user: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+# The entry fields copied into LedgerExchange's columns (the rest stay in the entry only).
+INDEXED_FIELDS = (
+    "client",
+    "provider_org",
+    "resource",
+    "method",
+    "purpose",
+    "end_user",
+    "started_at",
+    "duration_ms",
+    "status",
+)
+
+
+def indexed_columns(org: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a record's row (``started_at`` parsed; a malformed value is left NULL:
+    the entry itself is the record, these columns only find it)."""
+    out: dict[str, Any] = {"org": org[:18]}
+    for name in INDEXED_FIELDS:
+        out[name] = rec.get(name)
+    for name, size in (("client", 200), ("purpose", 200), ("end_user", 200), ("resource", 64)):
+        if isinstance(out[name], str):
+            out[name] = out[name][:size]
+    try:
+        when = datetime.fromisoformat(str(out["started_at"]))
+        out["started_at"] = when if when.tzinfo else when.replace(tzinfo=UTC)
+    except ValueError:
+        out["started_at"] = None
+    for name, kind in (("duration_ms", float), ("status", int)):
+        try:
+            out[name] = kind(out[name]) if out[name] is not None else None
+        except (TypeError, ValueError):
+            out[name] = None
+    return out
 
 
 def encode_batch(node: str, records: list[dict[str, Any]]) -> bytes:
@@ -162,7 +232,7 @@ class ExchangeLedger:
                 raise Problem(problems.VALIDATION, f"record lacks {exc}") from exc
             entries.append((f"exchange:{node}:{entry['record_id']}", canonical_json(entry)))
         indices: list[int] = self._store.append(entries)
-        self._remember(node, records, indices)
+        self._remember(node, org, records, indices)
         if self.on_emergency_access is not None:
             for rec, index in zip(records, indices, strict=True):
                 if rec.get("emergency"):
@@ -170,9 +240,17 @@ class ExchangeLedger:
                     self.on_emergency_access(node, org, rec, index)
         return indices
 
-    def _remember(self, node: str, records: list[dict[str, Any]], indices: list[int]) -> None:
+    def _remember(
+        self, node: str, org: str, records: list[dict[str, Any]], indices: list[int]
+    ) -> None:
         rows = [
-            {"idx": i, "exchange_id": r["exchange_id"], "role": r["role"], "node": node}
+            {
+                "idx": i,
+                "exchange_id": r["exchange_id"],
+                "role": r["role"],
+                "node": node,
+                **indexed_columns(org, r),
+            }
             for r, i in zip(records, indices, strict=True)
         ]
         with self.sessions.begin() as s:
@@ -190,3 +268,77 @@ class ExchangeLedger:
                     .order_by(LedgerExchange.idx)
                 )
             )
+
+
+@dataclass(frozen=True)
+class ExchangeQuery:
+    """An audit search of the exchanges on the ledger. ``org`` limits it to the rows one
+    organization's nodes recorded (every exchange it took part in); ``department`` is the
+    same filter chosen by the searcher. Pages run newest first, keyed on the ledger index
+    (``before``: the last index of the previous page), so page 1,000 costs what page 1 does."""
+
+    org: str | None = None
+    department: str | None = None
+    provider_org: str | None = None
+    resource: str | None = None
+    end_user: str | None = None
+    purpose: str | None = None
+    exchange_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None
+    limit: int = 20
+
+
+def search_exchanges(s: Session, q: ExchangeQuery) -> list[LedgerExchange]:
+    """One page of ``q`` from the indexed columns (docs/console.md, "Audit")."""
+    t = LedgerExchange
+    stmt = select(t)
+    for column, value in (
+        (t.org, q.org),
+        (t.org, q.department),
+        (t.provider_org, q.provider_org),
+        (t.resource, q.resource),
+        (t.end_user, q.end_user),
+        (t.purpose, q.purpose),
+        (t.exchange_id, q.exchange_id),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if q.since is not None:
+        stmt = stmt.where(t.started_at >= q.since)
+    if q.until is not None:
+        stmt = stmt.where(t.started_at < q.until)
+    if q.before is not None:
+        stmt = stmt.where(t.idx < q.before)
+    return list(s.scalars(stmt.order_by(t.idx.desc()).limit(q.limit)))
+
+
+def exchange_window(
+    s: Session, since: datetime, until: datetime, org: str | None = None
+) -> list[tuple[datetime | None, str | None, int | None, float | None]]:
+    """(started_at, org, status, duration_ms) of every row started in [since, until), read
+    from the covering time index only: the dashboard's last 24 hours."""
+    t = LedgerExchange
+    stmt = select(t.started_at, t.org, t.status, t.duration_ms).where(
+        t.started_at >= since, t.started_at < until
+    )
+    if org is not None:
+        stmt = stmt.where(t.org == org)
+    return [(r[0], r[1], r[2], r[3]) for r in s.execute(stmt)]
+
+
+def exchange_counts(
+    s: Session, since: datetime, until: datetime, org: str | None = None
+) -> dict[str | None, int]:
+    """How many rows started in [since, until), per recording organization (an index range
+    count, never the table)."""
+    t = LedgerExchange
+    stmt = (
+        select(t.org, func.count())
+        .where(t.started_at >= since, t.started_at < until)
+        .group_by(t.org)
+    )
+    if org is not None:
+        stmt = stmt.where(t.org == org)
+    return {r[0]: int(r[1]) for r in s.execute(stmt)}

@@ -204,8 +204,12 @@ def ledger_api(ledger: HubLedger) -> APIRouter:
     @router.get("/receipts/{exchange_id}", response_class=Response)
     def receipt(exchange_id: str, role: str | None = None) -> Response:
         """A C2SP tlog-proof that this exchange's record is in the cosigned log."""
-        if role not in (None, "consumer", "provider"):
-            raise Problem(problems.VALIDATION, "role is consumer or provider")
+        # Event batches are recorded by the publishing and the subscribing node
+        # (docs/events.md#records-and-the-ledger) under the same exchange-record shape.
+        if role not in (None, "consumer", "provider", "publisher", "subscriber"):
+            raise Problem(
+                problems.VALIDATION, "role is consumer, provider, publisher or subscriber"
+            )
         return Response(ledger.receipt(exchange_id, role), media_type=TEXT)
 
     @router.get("/entries/{index}", response_class=Response)

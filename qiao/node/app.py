@@ -20,6 +20,7 @@ from aiohttp import web
 from qiao import __version__, pki, problems
 from qiao.config import NodeSettings
 from qiao.db import make_engine, migrate
+from qiao.events import retention
 from qiao.events.broker import Broker
 from qiao.events.delivery import Delivery
 from qiao.events.nats import NatsBroker
@@ -27,6 +28,7 @@ from qiao.events.node_api import EventsApi
 from qiao.events.publisher import Publisher
 from qiao.events.records import EventRecorder
 from qiao.events.remote import HubBroker, HubError, register_events_key
+from qiao.events.webhooks import WebhookDispatcher, dispatchers
 from qiao.exchange.consumer import ConsumerGateway
 from qiao.exchange.keys import ApiKeyService
 from qiao.exchange.provider import ProviderGateway, load_pseudonym_secret
@@ -60,6 +62,9 @@ class Node:
     events: EventsApi | None = None  # publishing and pulling event streams (docs/events.md)
     broker: Broker | None = None
     pseudonym_secret: bytes = b""
+    # One per [[webhooks]] entry, each its own task (docs/events.md#webhooks).
+    webhooks: list[WebhookDispatcher] = field(default_factory=list)
+    webhook_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def open(cls, settings: NodeSettings) -> Node:
@@ -125,6 +130,8 @@ class Node:
                 "submitted": self.submitter.submitted,
                 "last_error": self.submitter.last_error,
             }
+        if self.webhooks:
+            body["webhooks"] = {d.settings.name: d.status() for d in self.webhooks}
         if self.witness is not None:
             body["witness"] = {
                 "alerts": [
@@ -161,6 +168,7 @@ class Node:
         app.router.add_route("*", "/r1/{tail:.*}", self.consumer.handle)
         if self.events is not None:
             app.add_routes(self.events.routes())
+            app.on_shutdown.append(self.events.shutdown)  # open event streams end first
         if self.witness is not None:
             app.add_routes(witness_routes(self.witness))
         return app
@@ -248,19 +256,48 @@ class Node:
                 )
             except (aiohttp.ClientError, HubError) as exc:
                 log.warning("could not register this node's event key at the hub: %s", exc)
+        # One recorder for pulls, streams and webhooks: its rows share the node's group commit.
+        recorder = EventRecorder(self.writer, self.identity.org)
         self.events = EventsApi(
             conf_cache=self.conf,
             identity=self.identity,
             keys=self.keys,
             publisher=Publisher(self.conf, self.identity, self.broker, self.pseudonym_secret),
             delivery=Delivery(self.conf, self.identity, self.broker),
-            recorder=EventRecorder(),
+            recorder=recorder,
             max_body_bytes=s.max_body_bytes,
+            tokens=self.consumer.tokens,
         )
+        if s.events_broker != "hub":
+            # The hub trims its embedded broker; a NATS server it does not reach is trimmed
+            # by the providers' nodes, each for its own streams (qiao.events.retention).
+            self.tasks.append(
+                asyncio.create_task(
+                    retention.run_at_node(lambda: self.conf.current, self.identity.org, self.broker)
+                )
+            )
+        # Webhooks: one dispatcher task each, independent of the others and of the pulls.
+        self.webhooks = dispatchers(
+            s.webhooks,
+            data_dir=s.data_dir,
+            engine=self.writer.engine,
+            conf_cache=self.conf,
+            identity=self.identity,
+            broker=self.broker,
+            recorder=recorder,
+        )
+        self.webhook_tasks = [
+            asyncio.create_task(d.run(), name=f"webhook-{d.settings.name}") for d in self.webhooks
+        ]
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        for task in self.webhook_tasks:
+            task.cancel()
+        # Awaited, so each dispatcher closes its connections; a batch cut short here is
+        # delivered again at the next start (its position had not moved).
+        await asyncio.gather(*self.webhook_tasks, return_exceptions=True)
         for runner in self.runners:
             await runner.cleanup()
         await self.consumer.close()

@@ -155,6 +155,24 @@ def test_two_administrators_declare_and_confirm(
     assert declared["organizations"] == [B]
 
 
+def test_an_account_the_declarer_created_cannot_confirm(
+    svc: EmergencyService, registry: RegistryService
+) -> None:
+    """One administrator could otherwise create a second platform-administrator account and
+    confirm their own emergency with it."""
+    from qiao.identity.models import User
+
+    with registry._sessions.begin() as s:
+        s.add(User(username="admin3", created_by="user:admin1"))
+        s.add(User(username="admin4", created_by="user:admin2"))
+    admin3 = Principal("user:admin3", frozenset({Role.PLATFORM_ADMIN}), kind="user")
+    admin4 = Principal("user:admin4", frozenset({Role.PLATFORM_ADMIN}), kind="user")
+    e = svc.declare(ADMIN1, resources=[f"{A}/epidemic-daily"], reason="演练", duration_hours=1)
+    p = raises(problems.SECOND_ADMINISTRATOR_REQUIRED, svc.confirm, admin3, e.id)
+    assert "created by user:admin1" in p.detail
+    assert svc.confirm(admin4, e.id).status is EmergencyStatus.ACTIVE
+
+
 def test_the_configuration_carries_emergencies_in_force(
     svc: EmergencyService, registry: RegistryService
 ) -> None:

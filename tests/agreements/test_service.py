@@ -237,6 +237,8 @@ def test_withdraw_by_the_applicants_organization_only(world: World) -> None:
     req = w.service.apply(w.applicant, POLICE, CONDITIONAL, application(), now=MONDAY)
     _raises(problems.FORBIDDEN, w.service.withdraw, w.approver, req.id)
     _raises(problems.FORBIDDEN, w.service.withdraw, w.transport_admin, req.id)
+    # The platform administrator does not act for the applicant organization.
+    _raises(problems.FORBIDDEN, w.service.withdraw, w.platform, req.id)
     assert w.service.withdraw(w.market_admin, req.id).status == "withdrawn"
     _raises(problems.REQUEST_DECIDED, w.service.approve, w.approver, req.id)
 

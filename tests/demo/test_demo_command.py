@@ -38,8 +38,15 @@ def test_demo_check_passes(tmp_path: Path) -> None:
         "emergency declared by two administrators",
         "emergency access flagged for review",
         "both nodes recorded",
+        # The streams (issue 7): delivered by webhook, masked, in order, once each.
+        "events published during the check delivered by webhook",
+        "accidents masked by the agreement",
+        "updates in published order per partition key",
+        "no duplicates at the receivers",
+        "a delivery with a wrong signature is refused",
     ]:
         assert expected in r.stderr
+    assert "FAILED" not in r.stderr
 
 
 def test_demo_json_gives_a_working_sample_and_stops_cleanly(tmp_path: Path) -> None:
@@ -55,7 +62,10 @@ def test_demo_json_gives_a_working_sample_and_stops_cleanly(tmp_path: Path) -> N
         assert line, proc.stderr.read() if proc.stderr else ""
         ready = json.loads(line)
         assert ready["hub_url"].startswith("http://127.0.0.1:")
-        assert ready["console_url"] is None
+        assert ready["console_url"] == ready["hub_url"] + "/console/"
+        # The console answers there: its sign-in page, in Chinese by default.
+        page = httpx.get(ready["console_url"] + "sign-in")
+        assert page.status_code == 200 and 'lang="zh-Hans"' in page.text
         s = ready["sample"]
         r = httpx.request(s["method"], s["url"], headers=s["headers"])
         assert r.status_code == 200 and r.json()["violations"]

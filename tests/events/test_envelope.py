@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 
 from qiao import signing
 from qiao.events.envelope import (
+    BATCH_OVERHEAD,
     ENC_BYTES,
     MIN_ENVELOPE_BYTES,
     TAG_BYTES,
     EnvelopeError,
+    batch_aad,
     event_aad,
     event_key_from_pem,
     event_key_from_text,
@@ -21,6 +23,7 @@ from qiao.events.envelope import (
     generate_event_key,
     open_envelope,
     seal,
+    seal_batch,
 )
 
 KEY = generate_event_key()
@@ -102,8 +105,8 @@ def test_truncation_errors_say_what_failed() -> None:
 
 
 def test_an_unknown_version_is_refused() -> None:
-    with pytest.raises(EnvelopeError, match="version 2 is not supported"):
-        open_envelope(KEY, b"\x02" + SEALED[1:], aad=AAD)
+    with pytest.raises(EnvelopeError, match="version 3 is not supported"):
+        open_envelope(KEY, b"\x03" + SEALED[1:], aad=AAD)
 
 
 def test_event_keys_as_text() -> None:
@@ -198,3 +201,62 @@ def test_the_envelope_is_the_documented_construction() -> None:
     assert suite.decrypt(SEALED[1:], KEY, info=b"\x01" + AAD) == EVENT
     by_suite = b"\x01" + suite.encrypt(EVENT, KEY.public_key(), info=b"\x01" + AAD)
     assert open_envelope(KEY, by_suite, aad=AAD) == EVENT
+
+
+# --- batches (version 2) ---------------------------------------------------------------------
+KEY_AAD = batch_aad("traffic-accidents", "transport-node")
+BATCH_EVENTS = [
+    (f'{{"accident_id":"A-{i}","severity":{i % 4 + 1}}}'.encode(), event_aad(
+        "traffic-accidents", "transport-node", f"evt-{i:04d}"
+    ))
+    for i in range(5)
+]  # fmt: skip
+BATCH = seal_batch(KEY.public_key(), BATCH_EVENTS, key_aad=KEY_AAD)
+
+
+def test_a_batch_shares_one_sealed_data_key_and_each_envelope_opens_alone() -> None:
+    heads = {envelope[: 1 + ENC_BYTES + 32] for envelope in BATCH}
+    assert len(heads) == 1 and BATCH[0][0] == 0x02  # one HPKE sealing for the batch
+    for (event, aad), envelope in zip(BATCH_EVENTS, BATCH, strict=True):
+        assert len(envelope) == len(event) + BATCH_OVERHEAD
+        assert event not in envelope
+        # In any order, one at a time: the broker delivers and trims them one by one.
+        assert open_envelope(KEY, envelope, aad=aad, key_aad=KEY_AAD) == event
+    # Another batch of the same events uses another data key.
+    again = seal_batch(KEY.public_key(), BATCH_EVENTS, key_aad=KEY_AAD)
+    assert again[0][: 1 + ENC_BYTES] != BATCH[0][: 1 + ENC_BYTES]
+
+
+@given(position=st.integers(0, len(BATCH[2]) - 1), flip=st.integers(1, 255))
+@settings(max_examples=200, deadline=None)
+def test_any_altered_byte_of_a_batch_envelope_is_detected(position: int, flip: int) -> None:
+    tampered = bytearray(BATCH[2])
+    tampered[position] ^= flip
+    with pytest.raises(EnvelopeError):
+        open_envelope(KEY, bytes(tampered), aad=BATCH_EVENTS[2][1], key_aad=KEY_AAD)
+
+
+def test_a_batch_envelope_cannot_be_moved_or_swapped() -> None:
+    envelope, aad = BATCH[1], BATCH_EVENTS[1][1]
+    assert open_envelope(KEY, envelope, aad=aad, key_aad=KEY_AAD)  # its data key is cached now
+    for key_aad in (
+        batch_aad("bike-station-status", "transport-node"),  # another stream
+        batch_aad("traffic-accidents", "district-node"),  # another recipient
+    ):
+        with pytest.raises(EnvelopeError, match="does not open"):
+            open_envelope(KEY, envelope, aad=aad, key_aad=key_aad)
+    # Swapped with another event of its batch (same data key, another id): its tag fails.
+    with pytest.raises(EnvelopeError, match="does not open"):
+        open_envelope(KEY, envelope, aad=BATCH_EVENTS[2][1], key_aad=KEY_AAD)
+    # The cache of opened data keys is per recipient key: another node cannot use it.
+    with pytest.raises(EnvelopeError, match="does not open"):
+        open_envelope(OTHER_KEY, envelope, aad=aad, key_aad=KEY_AAD)
+    with pytest.raises(EnvelopeError, match="needs its stream and recipient"):
+        open_envelope(KEY, envelope, aad=aad)
+
+
+@given(length=st.integers(0, len(BATCH[0]) - 1))
+@settings(max_examples=100, deadline=None)
+def test_a_truncated_batch_envelope_is_refused(length: int) -> None:
+    with pytest.raises(EnvelopeError):
+        open_envelope(KEY, BATCH[0][:length], aad=BATCH_EVENTS[0][1], key_aad=KEY_AAD)

@@ -303,6 +303,16 @@ async def test_an_invalid_event_refuses_the_batch_naming_pointers_never_values(
         _refused(caught, problems.INVALID_REQUEST)
         assert x.log_rows() == []
 
+        # Integers beyond I-JSON's exact range (RFC 7493 §2.2) have no RFC 8785 form: the
+        # records' digests could not be made, so they are refused before anything is stored.
+        with pytest.raises(Problem) as caught:
+            await x.publisher.publish(STREAM, [accident("A-1", severity=2**60)])
+        refused = _refused(caught, problems.INVALID_REQUEST).extra["violations"]
+        assert {"pointer": "/0/severity", "keyword": "maximum", "rule": "i-json-integer"} in [
+            {k: v.get(k) for k in ("pointer", "keyword", "rule")} for v in refused
+        ]
+        assert x.log_rows() == []
+
         with pytest.raises(Problem) as caught:
             await x.publisher.publish("no-such-stream", [accident("A-1")])
         _refused(caught, problems.UNKNOWN_RESOURCE)
@@ -407,3 +417,64 @@ async def test_a_long_poll_returns_when_an_event_arrives(tmp_path: Path) -> None
         await x.publisher.publish(STREAM, [accident("A-1")])
         pulled = await asyncio.wait_for(waiting, 5)
         assert [e.offset for e in pulled.events] == [1]
+
+
+async def test_each_agreement_of_an_organization_gets_the_events_masked_its_own_way(
+    tmp_path: Path,
+) -> None:
+    """Two agreements of one organization, for two apps with different terms: each app
+    receives every event, masked by its own agreement; the broker holds one copy per
+    agreement under ids that name neither the event nor the agreement."""
+    inspector = signed(accident_agreement())
+    clerk = signed(
+        accident_agreement(
+            id="agr-clerk",
+            consumer={"org": CONSUMER, "name": "交通局", "apps": ["clerk"]},
+            fields=["accident_id", "severity"],
+            masking={},
+        )
+    )
+    async with exchange(tmp_path, [inspector, clerk]) as x:
+        ids = ["acc-1", "acc-2"]
+        published = await x.publisher.publish(
+            STREAM, [accident("A-1", event_id=ids[0]), accident("A-2", event_id=ids[1])]
+        )
+        assert [e.event_id for e in published] == ids
+        stored = {r.event_id for r in x.log_rows() if r.subscriber == "consumer-a"}
+        assert len(stored) == 4 and not stored & set(ids)
+        delivery = x.delivery["consumer-a"]
+        as_inspector = await delivery.pull(PROVIDER, STREAM, after=0, agreement="agr-accidents")
+        as_clerk = await delivery.pull(PROVIDER, STREAM, after=0, agreement="agr-clerk")
+        assert [e.event_id for e in as_inspector.events] == ids
+        assert [e.event_id for e in as_clerk.events] == ids
+        assert all(e.event["plate"] == "闽A****5" for e in as_inspector.events)
+        assert [set(e.event) for e in as_clerk.events] == [{"accident_id", "severity"}] * 2
+        # Publishing the batch again (a retry) stores nothing new: the copies' ids are stable.
+        await x.publisher.publish(
+            STREAM, [accident("A-1", event_id=ids[0]), accident("A-2", event_id=ids[1])]
+        )
+        assert {r.event_id for r in x.log_rows() if r.subscriber == "consumer-a"} == stored
+
+
+async def test_a_renewal_and_the_agreement_it_renews_share_their_events(
+    tmp_path: Path,
+) -> None:
+    """While a renewal and the agreement it renews are both in force, the events are sealed
+    once, under the renewal, and the apps admitted under either receive them; another
+    agreement of the same organization gets its own copy and nothing of theirs."""
+    old = signed(accident_agreement())
+    renewal = signed(accident_agreement(id="agr-accidentsrenewed", renews="agr-accidents"))
+    other = signed(
+        accident_agreement(
+            id="agr-otherone", consumer={"org": CONSUMER, "name": "交通局", "apps": ["clerk"]}
+        )
+    )
+    async with exchange(tmp_path, [old, renewal, other]) as x:
+        await x.publisher.publish(STREAM, [accident("A-1"), accident("A-2")])
+        assert len([r for r in x.log_rows() if r.subscriber == "consumer-a"]) == 4
+        delivery = x.delivery["consumer-a"]
+        for decided in ("agr-accidents", "agr-accidentsrenewed"):
+            pulled = await delivery.pull(PROVIDER, STREAM, after=0, agreement=decided)
+            assert [e.agreement for e in pulled.events] == ["agr-accidentsrenewed"] * 2
+        pulled = await delivery.pull(PROVIDER, STREAM, after=0, agreement="agr-otherone")
+        assert [e.agreement for e in pulled.events] == ["agr-otherone"] * 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 from qiao.catalog.service import CatalogService
 from qiao.catalog.spec import Catalog
@@ -12,7 +14,14 @@ from qiao.demo.catalog import demo_catalog
 from qiao.demo.city import org_codes
 from qiao.events.broker import Outgoing
 from qiao.events.embedded import EmbeddedBroker
-from qiao.events.retention import streams_with_retention, trim_once
+from qiao.events.retention import (
+    DEFAULT_RETENTION_HOURS,
+    own_streams,
+    streams_with_retention,
+    trim_once,
+    trim_streams,
+)
+from qiao.globalconf import GlobalConf
 from qiao.hub.app import open_registry
 from qiao.identity.roles import CLI
 
@@ -61,3 +70,40 @@ async def test_each_stream_is_trimmed_by_its_own_retention(tmp_path: Path, db_ur
     finally:
         await broker.close()
         registry.engine.dispose()
+
+
+async def test_a_provider_node_trims_its_own_streams_by_the_configuration(
+    tmp_path: Path,
+) -> None:
+    # With NATS the hub reaches no broker: each provider node trims its own organization's
+    # streams, reading each one's retention from the signed configuration's resources.
+    document = {
+        "resources": [
+            {"org": "ORG-A", "code": "accidents", "stream": {"retention_hours": 72}},
+            {"org": "ORG-A", "code": "stations", "stream": {}},  # the catalog's default
+            {"org": "ORG-A", "code": "violations"},  # not a stream
+            {"org": "ORG-B", "code": "other", "stream": {"retention_hours": 1}},
+        ]
+    }
+    conf = cast(GlobalConf, SimpleNamespace(document=document))
+    streams = own_streams(conf, "ORG-A")
+    assert streams == {
+        "ORG-A/accidents": timedelta(hours=72),
+        "ORG-A/stations": timedelta(hours=DEFAULT_RETENTION_HOURS),
+    }
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    settings = HubSettings(data_dir=tmp_path / "hub")
+    broker = EmbeddedBroker(open_registry(settings).engine)
+    try:
+        for stream in ("ORG-A/accidents", "ORG-A/stations", "ORG-B/other"):
+            await broker.publish(
+                stream,
+                "node-b",
+                [Outgoing(f"e{h}", "k", b"sealed", now - timedelta(hours=h)) for h in (200, 100)],
+            )
+        removed = await trim_streams(streams, broker, now)
+        assert removed == {"ORG-A/accidents": 2, "ORG-A/stations": 1}
+        # Another organization's stream is not this node's to trim.
+        assert len(await broker.fetch("ORG-B/other", "node-b", after=0, limit=10)) == 2
+    finally:
+        await broker.close()

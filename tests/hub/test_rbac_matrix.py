@@ -11,6 +11,10 @@ organization A, the one every path names; "foreign" ones hold it in B. A call is
 when the hub answers 401/403 with an authentication or authorization problem; any other
 answer (200, 404 for a made-up id, 409, 422 for a made-up body ...) means the role check
 let it through.
+
+The console's pages (/console/...) answer people in a browser, in HTML: there a refusal is
+a redirect to the sign-in page (with ``next=``) or a 403 page, and only a session gets in
+(a bearer token is no way into the console).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -52,6 +57,7 @@ class Access:
     # Whether the platform administrator passes as holder of every role; False where only a
     # person of the organization concerned may act (applying, subscribing: docs/agreements.md).
     platform: bool = True
+    console: bool = False  # an HTML page of the console: refusals are redirects or 403 pages
 
 
 PUBLIC = Access("public")
@@ -60,6 +66,10 @@ PUBLIC = Access("public")
 NODE = Access("node")
 CALLER = Access("caller")
 SESSION = Access("session")
+# The console: a signed-in person's page; a form anyone may send with the CSRF token of the
+# page it came from (sign-in, the language switch) — here only session callers carry one.
+CONSOLE = Access("session", console=True)
+CONSOLE_FORM = Access("form", console=True)
 
 
 def roles(
@@ -74,6 +84,14 @@ def roles(
 
 
 PLATFORM = roles(R.PLATFORM_ADMIN, scoped=False)
+
+# Who applies, reads requests and decides (docs/agreements.md), for the console's rows.
+APPLICANT_ROLES = (R.ORG_ADMIN, R.APP_DEVELOPER, R.DATA_STEWARD, R.APPROVER)
+READER_ROLES = (*APPLICANT_ROLES, R.AUDITOR)
+DECIDER_ROLES = (R.APPROVER, R.ORG_ADMIN)
+# Who reads the console's audit and registry pages (qiao/console/audit.py, registry.py).
+AUDIT_ROLES = (R.AUDITOR, R.SECURITY_OFFICER, R.ORG_ADMIN)
+CONSOLE_PLATFORM = Access("roles", frozenset({R.PLATFORM_ADMIN}), console=True)
 
 # --- the expected-access table ---------------------------------------------------------------
 TABLE: dict[tuple[str, str], Access] = {
@@ -223,7 +241,7 @@ TABLE: dict[tuple[str, str], Access] = {
         R.APPROVER, R.ORG_ADMIN, scoped=False, body={"reason": "不符合共享条件"}
     ),
     ("POST", "/api/v1/requests/{request_id}/withdraw"): roles(
-        R.ORG_ADMIN, R.APP_DEVELOPER, R.DATA_STEWARD, R.APPROVER, scoped=False
+        R.ORG_ADMIN, R.APP_DEVELOPER, R.DATA_STEWARD, R.APPROVER, scoped=False, platform=False
     ),
     ("GET", "/api/v1/agreements"): CALLER,
     ("GET", "/api/v1/agreements/{agreement_id}"): CALLER,
@@ -266,6 +284,95 @@ TABLE: dict[tuple[str, str], Access] = {
     ("POST", "/api/v1/emergencies/{emergency_id}/accesses/review"): roles(
         R.AUDITOR, scoped=False, body={"exchange_id": "x-1", "node": "a-node", "note": "合规"}
     ),
+    # the web console (docs/console.md): sign-in is open, the rest needs a signed-in person;
+    # the catalog's pages are everyone's, as its API is
+    ("GET", "/"): PUBLIC,  # a redirect to /console/
+    ("GET", "/console/sign-in"): PUBLIC,
+    ("POST", "/console/sign-in"): CONSOLE_FORM,
+    ("GET", "/console/sign-in/code"): PUBLIC,
+    ("POST", "/console/sign-in/code"): CONSOLE_FORM,
+    ("POST", "/console/language"): CONSOLE_FORM,
+    ("POST", "/console/sign-out"): CONSOLE,
+    ("GET", "/console/mfa"): CONSOLE,
+    ("POST", "/console/mfa/start"): CONSOLE,
+    ("POST", "/console/mfa/confirm"): CONSOLE,
+    ("GET", "/console/"): CONSOLE,
+    ("GET", "/console/catalog"): CONSOLE,
+    ("GET", "/console/catalog/{org}/{code}"): CONSOLE,
+    # requests and agreements in the console: the same role at the door as their JSON API
+    # (above); applying and subscribing also need a person of an organization, as there
+    ("GET", "/console/catalog/{org}/{code}/apply"): Access(
+        "roles", frozenset(APPLICANT_ROLES), platform=False, console=True
+    ),
+    ("POST", "/console/catalog/{org}/{code}/apply"): Access(
+        "roles", frozenset(APPLICANT_ROLES), platform=False, console=True
+    ),
+    ("POST", "/console/catalog/{org}/{code}/subscribe"): Access(
+        "roles", frozenset(APPLICANT_ROLES), platform=False, console=True
+    ),
+    ("GET", "/console/requests"): Access("roles", frozenset(READER_ROLES), console=True),
+    ("GET", "/console/requests/{request_id}"): Access(
+        "roles", frozenset(READER_ROLES), console=True
+    ),
+    ("POST", "/console/requests/{request_id}/approve"): Access(
+        "roles", frozenset(DECIDER_ROLES), console=True
+    ),
+    ("POST", "/console/requests/{request_id}/refuse"): Access(
+        "roles", frozenset(DECIDER_ROLES), console=True
+    ),
+    ("POST", "/console/requests/{request_id}/withdraw"): Access(
+        "roles", frozenset(APPLICANT_ROLES), platform=False, console=True
+    ),
+    ("GET", "/console/agreements"): CONSOLE,
+    ("GET", "/console/agreements/{agreement_id}"): CONSOLE,
+    ("GET", "/console/agreements/{agreement_id}/document"): CONSOLE,
+    ("GET", "/console/agreements/{agreement_id}/odrl"): CONSOLE,
+    **{
+        (method, f"/console/agreements/{{agreement_id}}/{action}"): Access(
+            "roles", frozenset(DECIDER_ROLES), console=True
+        )
+        for action in ("suspend", "resume", "revoke")
+        for method in ("GET", "POST")
+    },
+    # audit and registry in the console (docs/console.md): the roles of their JSON APIs;
+    # which organization's records or users is the page's and the service's to narrow.
+    ("GET", "/console/audit"): Access("roles", frozenset(AUDIT_ROLES), console=True),
+    ("GET", "/console/audit/exchanges/{index}"): Access(
+        "roles", frozenset(AUDIT_ROLES), console=True
+    ),
+    ("GET", "/console/audit/exchanges/{index}/receipt"): Access(
+        "roles", frozenset(AUDIT_ROLES), console=True
+    ),
+    ("GET", "/console/audit/emergencies"): Access(
+        "roles", frozenset({R.SECURITY_OFFICER, R.AUDITOR}), console=True
+    ),
+    ("POST", "/console/audit/emergencies/{emergency_id}/review"): Access(
+        "roles", frozenset({R.AUDITOR}), console=True
+    ),
+    ("GET", "/console/registry"): Access("roles", frozenset(AUDIT_ROLES), console=True),
+    ("POST", "/console/registry/organizations"): CONSOLE_PLATFORM,
+    ("POST", "/console/registry/organizations/{org}/apps"): Access(
+        "roles", frozenset({R.ORG_ADMIN}), scoped=True, console=True
+    ),
+    ("POST", "/console/registry/organizations/{org}/enrollment-tokens"): Access(
+        "roles", frozenset({R.SECURITY_OFFICER}), scoped=True, console=True
+    ),
+    ("GET", "/console/registry/users"): Access(
+        "roles", frozenset({R.ORG_ADMIN, R.AUDITOR}), console=True
+    ),
+    ("POST", "/console/registry/users"): Access("roles", frozenset({R.ORG_ADMIN}), console=True),
+    **{
+        ("POST", f"/console/registry/users/{{username}}/{action}"): Access(
+            "roles", frozenset({R.ORG_ADMIN}), scoped=True, console=True
+        )
+        for action in ("disable", "enable", "roles")
+    },
+    ("GET", "/console/registry/emergencies"): Access(
+        "roles", frozenset({R.SECURITY_OFFICER, R.AUDITOR}), console=True
+    ),
+    ("POST", "/console/registry/emergencies"): CONSOLE_PLATFORM,
+    ("POST", "/console/registry/emergencies/{emergency_id}/confirm"): CONSOLE_PLATFORM,
+    ("POST", "/console/registry/emergencies/{emergency_id}/end"): CONSOLE_PLATFORM,
 }
 
 
@@ -344,6 +451,10 @@ def expected(access: Access, caller: Caller) -> bool:
     if access.kind == "node":
         return False
     if caller.kind == "anonymous":
+        return False
+    if access.kind == "form":
+        return caller.kind == "session"
+    if access.console and caller.kind == "token":
         return False
     if access.kind == "caller":
         return True
@@ -472,6 +583,11 @@ def _call(app: Any, credentials: dict[Caller, Any], caller: Caller, method: str,
 
 
 def _refused(r: Any) -> bool:
+    if r.status_code == 303:  # the console sends whoever it refuses to sign in
+        where = urlsplit(r.headers.get("location", ""))
+        return where.path == "/console/sign-in" and "next" in parse_qs(where.query)
+    if r.status_code == 403 and r.headers.get("content-type", "").startswith("text/html"):
+        return True  # the console's refusal page
     if r.status_code not in (401, 403):
         return False
     try:

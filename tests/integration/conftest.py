@@ -1,5 +1,5 @@
-"""A running exchange for the integration tests: a hub, five nodes and test backends, as real
-processes on loopback, once on SQLite and once on PostgreSQL."""
+"""A running exchange for the integration tests: a hub, a node per demo department and test
+backends, as real processes on loopback, once on SQLite and once on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from qiao.demo.backends import market_regulation, public_security
-from qiao.demo.city import Deployment
+from qiao.demo.city import DEPARTMENTS, Deployment
 from qiao.demo.people import build_city
 from qiao.demo.processes import free_port
 
@@ -153,7 +154,8 @@ class HubProxy:
             }
             async with self.session.request(
                 request.method,
-                f"{self.hub_url}{request.path_qs}",
+                # raw_path: the node signed the target as it sent it (percent-encoding kept).
+                URL(f"{self.hub_url}{request.raw_path}", encoded=True),
                 headers=headers,
                 data=await request.read(),
             ) as r:
@@ -238,9 +240,7 @@ def city(
     if db == "postgres":
         dbs = request.getfixturevalue("pg_databases")
         dep.hub_database_url = dbs.new()
-        dep.node_database_urls = {
-            k: dbs.new() for k in ("police", "transport", "market", "health", "bank")
-        }
+        dep.node_database_urls = {d.key: dbs.new() for d in DEPARTMENTS}
     demo = build_city()
     loop = LoopThread()
     lab = loop.serve(lab_backend())
