@@ -57,6 +57,7 @@ from qiao.events.delivery import DeliveredEvent, Delivery, lineage
 from qiao.events.publisher import stream_name
 from qiao.events.records import DeliveredRecord, EventRecorder
 from qiao.events.webhook_models import WebhookDeadLetter, WebhookPosition
+from qiao.globalconf import GlobalConf
 from qiao.node.confcache import ConfigurationCache
 from qiao.node.identity import NodeIdentity
 from qiao.problems import Problem
@@ -442,6 +443,7 @@ class WebhookDispatcher:
         self.last_error = ""
         self._session: aiohttp.ClientSession | None = None
         self._begun = False
+        self._lineage: tuple[GlobalConf, str, set[str]] | None = None
 
     # --- the loop --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -563,6 +565,17 @@ class WebhookDispatcher:
         )
 
     # --- the agreement check ----------------------------------------------------------------
+    def _admitted(self, agreement: str) -> set[str]:
+        """The agreements whose events the app receives under ``agreement``
+        (``qiao.events.delivery.lineage``), computed once per configuration and decision:
+        this is asked before every attempt of every event."""
+        conf = self._conf.usable()
+        cached = self._lineage
+        # The configuration object itself is kept in the cache, so identity is a safe test.
+        if cached is None or cached[0] is not conf or cached[1] != agreement:
+            cached = self._lineage = (conf, agreement, lineage(conf, agreement))
+        return cached[2]
+
     def _decide(self) -> str:
         """The agreement that admits the app now, or a Problem saying why none does."""
         w = self.settings
@@ -631,7 +644,7 @@ class WebhookDispatcher:
         for attempt in range(1, w.max_attempts + 1):
             # Decided again before every attempt: a revoked agreement stops delivery even
             # in the middle of a batch or a backoff.
-            if ev.agreement not in lineage(self._conf.usable(), await self._allowed()):
+            if ev.agreement not in self._admitted(await self._allowed()):
                 return Result(Outcome.SKIPPED)
             error = await self._post(ev)
             if not error:
