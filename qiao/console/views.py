@@ -37,7 +37,7 @@ from qiao.config import HubSettings
 from qiao.console import i18n
 from qiao.console.agreements import install_agreements
 from qiao.console.audit import install_audit
-from qiao.console.core import HERE, PAGE_SIZE, Console, Redirect
+from qiao.console.core import HERE, PAGE_SIZE, Console, Redirect, Viewer, sign_in_url
 from qiao.console.dashboard import FigureCache, events_per_stream, exchange_figures
 from qiao.console.registry import expiring_certificates, install_registry
 from qiao.console.requests import access_offer, install_requests
@@ -303,9 +303,21 @@ def install_pages(console: Console, router: APIRouter) -> None:
             return pages.render(
                 request, "mfa.html", viewer=v, step="scan", error="code", qr=None, status=400
             )
-        # The session now counts as signed in with the second factor: show it so.
-        v = await viewer(request)
-        return pages.render(request, "mfa.html", viewer=v, step="codes", error=None, codes=codes)
+        # The session now counts as signed in with the second factor: it gets a new token
+        # (a privilege change; the cookie the browser held before is worth nothing now).
+        token = await run_in_threadpool(identity.rotate_session, v.session_token)
+        who = await run_in_threadpool(
+            identity.principal_for_session, token, client_address(request)
+        )
+        if who is None:
+            raise Redirect(sign_in_url(), end_session_cookie=True)
+        user, _session = await run_in_threadpool(identity.session_info, token)
+        v = Viewer(who, user, token, v.org_name)
+        resp = pages.render(request, "mfa.html", viewer=v, step="codes", error=None, codes=codes)
+        resp.set_cookie(
+            sessions.COOKIE, token, httponly=True, secure=secure, samesite=samesite, path="/"
+        )
+        return resp
 
     # --- dashboard --------------------------------------------------------------------------
     @router.get("/")

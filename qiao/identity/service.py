@@ -774,6 +774,25 @@ class IdentityService:
             assert user is not None
             return _view(user), _session_view(row)
 
+    def rotate_session(self, token: str) -> str:
+        """A new token for the live session ``token`` names; the old one stops working. For a
+        change of privilege inside a session (a second factor enrolled): the identifier the
+        browser held before is worth nothing after (OWASP Session Management, "Renew the
+        Session ID After Any Privilege Level Change")."""
+        new = tokens.new_token()
+        with self._sessions.begin() as s:
+            done = s.execute(
+                update(UserSession)
+                .where(
+                    UserSession.token_hash == tokens.digest(token),
+                    UserSession.ended_at.is_(None),
+                )
+                .values(token_hash=tokens.digest(new))
+            ).rowcount
+        if done != 1:
+            raise Problem(problems.SESSION_EXPIRED, "the session has ended; sign in again")
+        return new
+
     def end_session(self, token: str) -> None:
         """Sign out: end the session whose cookie holds ``token``."""
         now = self.clock()

@@ -148,10 +148,17 @@ def test_first_sign_in_enrolls_totp_and_shows_recovery_codes_once(hub: Hub) -> N
         assert bad.status_code == 400 and "验证码不正确" in alert(bad.text)
         hub.clock.advance(30)
         code = pyotp.TOTP(secret).at(hub.clock())
+        before = client.cookies[sessions.COOKIE]
         done = client.post(
             "/console/mfa/confirm", data={"code": code, "csrf_token": csrf_of(scan.text)}
         )
         assert done.status_code == 200
+        # A privilege change renews the session's token: the one held before is dead.
+        after = client.cookies[sessions.COOKIE]
+        assert after != before
+        address = client._transport.client[0]  # type: ignore[attr-defined]
+        assert hub.identity.principal_for_session(before, address) is None
+        assert hub.identity.principal_for_session(after, address) is not None
         codes = re.findall(r"<li><code>([a-z2-7]{4}(?:-[a-z2-7]{4}){3})</code></li>", done.text)
         assert len(codes) == 10
         assert done.headers["cache-control"] == "no-store"
