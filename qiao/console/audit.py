@@ -31,7 +31,13 @@ from qiao.console.core import PAGE_SIZE, Console, Redirect, Viewer
 from qiao.console.requests import FORM_ERRORS
 from qiao.identity.roles import Role
 from qiao.ledger.errors import LedgerError
-from qiao.ledger.exchanges import ExchangeQuery, LedgerExchange, search_exchanges
+from qiao.ledger.exchanges import ENTRY_FIELDS as LEDGER_FIELDS
+from qiao.ledger.exchanges import (
+    OPTIONAL_ENTRY_FIELDS,
+    ExchangeQuery,
+    LedgerExchange,
+    search_exchanges,
+)
 from qiao.ledger.policy import Policy
 from qiao.ledger.receipt import parse_receipt, verify_receipt
 from qiao.ledger.service import HubLedger
@@ -44,30 +50,15 @@ AUDIT_READERS = frozenset({Role.AUDITOR, Role.SECURITY_OFFICER, Role.ORG_ADMIN})
 EMERGENCY_READERS = frozenset({Role.SECURITY_OFFICER, Role.AUDITOR})
 # Recording a review: as POST /api/v1/emergencies/{id}/accesses/review.
 REVIEWERS = frozenset({Role.AUDITOR})
-# The fields of a ledger entry shown on an exchange's page, in this order. The entry has no
-# payload to leave out; the request path is not in it either (exchanges.py says why).
+# The fields of a ledger entry shown on an exchange's page, in this order: the ledger's own
+# list (qiao.ledger.exchanges), with the node and organization that vouched for it after the
+# role. The entry has no payload to leave out; the request path is not in it either.
 ENTRY_FIELDS = (
-    "exchange_id",
-    "role",
+    *LEDGER_FIELDS[:2],
     "node",
     "org",
-    "client",
-    "provider_org",
-    "resource",
-    "method",
-    "purpose",
-    "end_user",
-    "agreement",
-    "emergency",
-    "peer_node",
-    "started_at",
-    "duration_ms",
-    "status",
-    "problem_type",
-    "request_bytes",
-    "response_bytes",
-    "request_hash",
-    "response_hash",
+    *LEDGER_FIELDS[2:],
+    *OPTIONAL_ENTRY_FIELDS,
 )
 MAX_FILTER = 200
 
