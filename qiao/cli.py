@@ -111,7 +111,8 @@ def _guard(fn: Any) -> Any:
 def hub_init(ctx: typer.Context) -> None:
     """Create the hub's database, CA and signing key, and print a new operator token."""
     reg = _registry(ctx)
-    token = reg.create_operator_token("init")
+    # The first operator's token; the operator makes the next ones with `operator-token`.
+    token = reg.create_operator_token("init", days=90)
     console.print(f"hub data in {_hub_settings(ctx).data_dir.resolve()}")
     console.print(f"operator token (shown once): {token}")
 
@@ -127,6 +128,9 @@ def hub_operator_token(
     roles: Annotated[
         str, typer.Option(help="Comma-separated roles in --org, e.g. data-steward.")
     ] = "",
+    days: Annotated[
+        float, typer.Option(help="How long it works (then `qiao hub operator-token` again).")
+    ] = 90,
 ) -> None:
     """Create a token for the hub's API (shown once): the platform administrator's, or with
     --org and --roles an access token for automation in one organization."""
@@ -136,7 +140,26 @@ def hub_operator_token(
         role_set = parse_roles(roles)
     except ValueError as exc:
         raise _fail(str(exc), 2) from None
-    console.print(_registry(ctx).create_operator_token(label, org=org, roles=role_set))
+    console.print(_registry(ctx).create_operator_token(label, org=org, roles=role_set, days=days))
+
+
+@hub_app.command("tokens")
+@_guard
+def hub_tokens(ctx: typer.Context) -> None:
+    """List the hub's API tokens (never their secrets): who, scope, expiry, revocation."""
+    print(json.dumps(_registry(ctx).operator_tokens(), ensure_ascii=False, indent=2))
+
+
+@hub_app.command("revoke-token")
+@_guard
+def hub_revoke_token(
+    ctx: typer.Context,
+    token_id: Annotated[int, typer.Argument(help="The token's id (`qiao hub tokens`).")],
+    reason: Annotated[str, typer.Option(help="Why, for the ledger.")] = "",
+) -> None:
+    """Revoke a hub API token: its next request is refused."""
+    _registry(ctx).revoke_operator_token(token_id, reason=reason)
+    console.print(f"token {token_id} revoked")
 
 
 @hub_app.command("enroll-token")
@@ -367,6 +390,14 @@ def node_records(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     exchange_id: Annotated[str | None, typer.Option("--id", help="One exchange.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Compare every record the hub accepted with its ledger entry at the hub "
+            "(exit 1 when one differs).",
+        ),
+    ] = False,
 ) -> None:
     """Show this node's exchange records, with their ledger index and receipt link."""
     from qiao.db import make_engine, migrate
@@ -374,6 +405,9 @@ def node_records(
 
     s = _node_settings(ctx)
     migrate("node", s.database_url)
+    if verify:
+        _verify_node_records(s)
+        return
     rows = recent_records(make_engine(s.database_url), limit, exchange_id)
 
     def receipt(r: Any) -> str:
@@ -402,6 +436,42 @@ def node_records(
             str(r["ledger_index"]) if r["ledger_index"] is not None else "pending",
         )
     console.print(t)
+
+
+def _verify_node_records(s: Any) -> None:
+    import httpx
+    from rich.markup import escape
+
+    from qiao.db import make_engine
+    from qiao.ledger.submit import verify_records
+
+    with httpx.Client(timeout=30) as client:
+
+        def fetch(index: int) -> bytes | None:
+            r = client.get(f"{s.hub_url}/ledger/entries/{index}")
+            if r.status_code == 404:
+                return None
+            r.raise_for_status()
+            return r.content
+
+        engine = make_engine(s.database_url)
+        try:
+            audit = verify_records(engine, s.name, fetch)
+        except httpx.HTTPError as exc:
+            raise _fail(f"could not read the ledger at {s.hub_url}: {exc}") from exc
+        finally:
+            engine.dispose()
+    for line in audit.findings:
+        console.print(f"[red]✗[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    if audit.findings:
+        raise _fail(
+            f"{len(audit.findings)} of {audit.checked} records differ from their ledger entries",
+            1,
+        )
+    console.print(
+        f"[green]✓[/green] {audit.checked} records match their ledger entries"
+        + (f"; {audit.pending} not on the ledger yet" if audit.pending else "")
+    )
 
 
 @node_app.command("status")

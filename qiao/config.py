@@ -167,6 +167,31 @@ class HubSettings(_FileSettings):
     # How often a waiting request re-reads the serial from the database: replicas share the
     # database, not memory, so this bounds how late a change made on another replica is seen.
     configuration_poll_seconds: float = Field(0.5, gt=0, le=5)
+    # --- what a client may send, and how slowly (docs/operations.md, "Limits and timeouts") ---
+    # Request bodies: the largest the hub reads (a 10 MiB catalog workbook and its multipart
+    # framing fit), refused with 413 before any form or JSON parsing.
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    # The request line and headers: all of them within this many seconds of the first byte
+    # (or of the connection), at most this many bytes (a longer URL alone: 414), at most this
+    # many header fields. Slow or endless heads (slowloris) are closed with 408.
+    header_timeout_seconds: float = Field(20.0, gt=0, le=300)
+    max_header_bytes: int = Field(64 * 1024, ge=8 * 1024, le=1024 * 1024)
+    max_url_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    max_headers: int = Field(100, ge=16, le=1000)
+    # A request body must arrive within body_timeout_seconds, plus one second for every
+    # body_min_bytes_per_second bytes received (Apache mod_reqtimeout's MinRate): a large
+    # upload on a slow line goes through, a trickle does not (408).
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    body_min_bytes_per_second: int = Field(1024, ge=1)
+    # An idle keep-alive connection, and a TLS handshake never finished, are closed after:
+    keepalive_seconds: int = Field(5, ge=1, le=300)
+    tls_handshake_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # --- event retention of the embedded broker (docs/events.md#retention) ---
+    # How often the hub trims the streams' logs, and an optional cap on every stream's
+    # retention_hours, for a hub whose disk cannot hold what the catalog allows (the
+    # catalog's own, shorter retentions still apply).
+    events_trim_seconds: float = Field(600.0, gt=0)
+    events_max_retention_hours: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _fill(self) -> HubSettings:
@@ -252,6 +277,20 @@ class NodeSettings(_FileSettings):
     # How often to send pending exchange records to the hub's ledger.
     ledger_submit_seconds: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    # What a client may send each listener, and how slowly (docs/operations.md, "Limits and
+    # timeouts"). The request head must be complete within header_timeout_seconds of the
+    # connection or of the previous answer, which is also how long an idle keep-alive
+    # connection stays open (aiohttp has one timer for both); at most max_headers header
+    # fields of max_header_bytes each, and a request line of at most max_header_bytes.
+    header_timeout_seconds: float = Field(20.0, gt=0, le=300)
+    max_header_bytes: int = Field(8190, ge=1024, le=64 * 1024)
+    max_headers: int = Field(100, ge=16, le=1000)
+    # A request body must arrive within body_timeout_seconds, plus one second for every
+    # body_min_bytes_per_second bytes received (Apache mod_reqtimeout's MinRate).
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    body_min_bytes_per_second: int = Field(1024, ge=1)
+    # The peer listener's TLS handshakes (mutual TLS) must finish within:
+    tls_handshake_timeout_seconds: float = Field(10.0, gt=0, le=300)
     # Check apps' JSON request bodies against the catalog's request schema before they leave
     # (problem client:invalid-request). Responses are always checked by the provider's node.
     validate_requests: bool = False

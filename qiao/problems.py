@@ -21,6 +21,23 @@ import orjson
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 _PREFIX = "urn:qiao:problem:"
 
+# The JSON Schema of a problem, for the hub's and the node's OpenAPI documents: RFC 9457
+# §3.1's members every Qiao problem carries; extensions (``errors``, ``allowed_purposes``
+# ...) are allowed by §3.2, so the object stays open.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; docs/problems.md lists every type",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "description": "Stable URI of the kind of problem"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
 
 @dataclass(frozen=True)
 class ProblemType:
@@ -51,6 +68,18 @@ BAD_HEADER = _t("client", "bad-header", 400, "A Qiao header has an invalid value
 UNKNOWN_PROVIDER = _t("client", "unknown-provider", 404, "No such provider organization")
 UNKNOWN_RESOURCE = _t("client", "unknown-resource", 404, "No such resource at this provider")
 BODY_TOO_LARGE = _t("client", "body-too-large", 413, "The request body is over the limit")
+# Limits on the request itself (docs/operations.md, "Limits and timeouts"): answered by the
+# listener, before any route sees the request, then the connection is closed.
+REQUEST_TIMEOUT = _t(
+    "client", "request-timeout", 408, "The request was not received in time; it was too slow"
+)
+HEADERS_TOO_LARGE = _t(
+    "client", "headers-too-large", 431, "The request's header fields are too many or too large"
+)
+URI_TOO_LONG = _t("client", "uri-too-long", 414, "The request target (URL) is too long")
+INCOMPLETE_BODY = _t(
+    "client", "incomplete-body", 400, "The request body ended before it was complete"
+)
 BAD_TILE_PATH = _t(
     "client", "bad-tile-path", 400, "The path is not a C2SP tlog-tiles tile or entry bundle path"
 )

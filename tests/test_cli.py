@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,15 @@ def test_hub_administration(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no organization" in r.output
     r = runner.invoke(app, [*hub, "revoke", "no-such-node"])
     assert r.exit_code == 2
+    r = runner.invoke(app, [*hub, "operator-token", "--label", "ci", "--days", "7"])
+    assert r.exit_code == 0 and r.stdout.strip().startswith("qop_")
+    tokens = json.loads(runner.invoke(app, [*hub, "tokens"]).stdout)
+    assert [t["label"] for t in tokens] == ["init", "ci"] and all(t["valid"] for t in tokens)
+    r = runner.invoke(app, [*hub, "revoke-token", str(tokens[1]["id"]), "--reason", "rotated"])
+    assert r.exit_code == 0, r.output
+    tokens = json.loads(runner.invoke(app, [*hub, "tokens"]).stdout)
+    assert tokens[1]["revoked_at"] and not tokens[1]["valid"] and tokens[0]["valid"]
+    assert runner.invoke(app, [*hub, "revoke-token", "999"]).exit_code == 2
 
 
 def test_bad_configuration_is_reported(tmp_path: Path) -> None:

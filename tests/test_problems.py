@@ -25,3 +25,18 @@ def test_problem_body() -> None:
         "instance": "/r1/x",
         "extra": 1,
     }
+
+
+def test_every_problem_body_matches_the_schema_the_openapi_documents_declare() -> None:
+    import jsonschema
+
+    for kind in problems.ALL:
+        body = problems.Problem(kind, "why", {"errors": []}).to_dict("/somewhere")
+        jsonschema.validate(body, problems.PROBLEM_SCHEMA)
+    with_no_title = {"type": problems.NOT_FOUND.uri, "status": 404}
+    try:
+        jsonschema.validate(with_no_title, problems.PROBLEM_SCHEMA)
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("a problem without its title passed the schema")

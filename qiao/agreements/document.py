@@ -120,13 +120,31 @@ class RateLimit(_Doc):
     per_seconds: int = Field(ge=1, le=3600)
 
 
+def _wall_clock_time(schema: dict[str, Any]) -> None:
+    # JSON Schema's "time" format is RFC 3339 full-time, whose offset is required; a window's
+    # times are China Standard Time and carry none (TimeWindow._local).
+    schema.pop("format", None)
+    schema["pattern"] = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$"
+    schema["description"] = "hh:mm[:ss] China Standard Time, without an offset"
+
+
 class TimeWindow(_Doc):
     """Calls allowed on these weekdays (1 = Monday … 7 = Sunday, ISO 8601) between start and
     end, China Standard Time; end after start (a window does not cross midnight)."""
 
     days: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
-    start: time = time(0, 0)
-    end: time = time(23, 59, 59)
+    start: time = Field(time(0, 0), json_schema_extra=_wall_clock_time)
+    end: time = Field(time(23, 59, 59), json_schema_extra=_wall_clock_time)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: time) -> time:
+        # The window is China Standard Time by definition; a time with its own offset could
+        # not be compared with the wall-clock time the policy checks (nor with a time without
+        # one: Python refuses to order them).
+        if value.tzinfo is not None:
+            raise ValueError("window times are China Standard Time: give them without an offset")
+        return value
 
     @model_validator(mode="after")
     def _order(self) -> Self:

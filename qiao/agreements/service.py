@@ -327,7 +327,14 @@ class AgreementKeys:
                             private_key_encrypted=base64.b64encode(nonce + sealed).decode(),
                         )
                     )
-                    self.registry._event(s, "agreement-key.create", org=org)
+                    # The public half goes on the ledger too, so that a key replaced in the
+                    # database is caught by `qiao ledger verify` (qiao.agreements.audit).
+                    self.registry._event(
+                        s,
+                        "agreement-key.create",
+                        org=org,
+                        public_key=base64.b64encode(public).decode(),
+                    )
             except IntegrityError:
                 continue
 

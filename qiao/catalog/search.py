@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, TextClause, func, select, text
+from sqlalchemy import ColumnElement, TextClause, false, func, select, text
 from sqlalchemy.orm import Session
 
 from qiao import problems
@@ -120,6 +120,12 @@ def _plan(s: Session, q: SearchQuery) -> _Plan:
         conds.append(r.sharing_methods.like(f"%,{q.sharing_method.value},%"))
     needle = normalize(q.text)[:MAX_QUERY]
     if not needle:
+        return _Plan(conds)
+    if "\x00" in needle:
+        # No indexed text holds a NUL (PostgreSQL's text cannot), so nothing matches; and
+        # the query must not reach the database: FTS5 reads a NUL as the end of the query
+        # ("unterminated string"), and PostgreSQL refuses the parameter outright.
+        conds.append(false())
         return _Plan(conds)
     filtered = bool(conds)
     postgres = s.get_bind().dialect.name == "postgresql"

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -129,7 +129,15 @@ def install(app: FastAPI, registry: RegistryService, settings: HubSettings) -> E
     @asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
         # Each stream's retention (qiao.events.retention) keeps the broker's tables bounded.
-        trimming = asyncio.create_task(retention.run(registry, broker))
+        cap = settings.events_max_retention_hours
+        trimming = asyncio.create_task(
+            retention.run(
+                registry,
+                broker,
+                every=settings.events_trim_seconds,
+                max_retention=None if cap is None else timedelta(hours=cap),
+            )
+        )
         try:
             async with inner(a) as state:
                 yield state

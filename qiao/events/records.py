@@ -335,6 +335,31 @@ def verify(
             f"{on_ledger}: the records were changed after they were sent",
             on_ledger if isinstance(on_ledger, str) else None,
         )
+    # The hash covers each event's id and digest; the batch's exchange record, on the ledger
+    # with it, also vouches for who, which stream, how many bytes and under which agreement.
+    stream = f"{entry.get('provider_org')}/{entry.get('resource')}"
+    agreements = {r["agreement"] for r in rows}
+    vouched_agreement = entry.get("agreement", "")
+    for r in rows:
+        held = (r["role"], r["stream"], r["client"])
+        if held != (entry.get("role"), stream, entry.get("client")):
+            return found(
+                f"event record {r['id']} says {held}, ledger entry {index} "
+                f"{(entry.get('role'), stream, entry.get('client'))}",
+                on_ledger,
+            )
+    if sum(int(r["bytes"]) for r in rows) != entry.get("request_bytes"):
+        return found(
+            f"the event records count {sum(int(r['bytes']) for r in rows)} bytes, ledger "
+            f"entry {index} {entry.get('request_bytes')}",
+            on_ledger,
+        )
+    if vouched_agreement and agreements != {vouched_agreement}:
+        return found(
+            f"the event records name agreements {sorted(agreements)}, ledger entry {index} "
+            f"{vouched_agreement}",
+            on_ledger,
+        )
     return found("", on_ledger)
 
 

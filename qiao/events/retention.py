@@ -58,15 +58,25 @@ async def trim_streams(
     return removed
 
 
-async def trim_once(registry: Any, broker: Broker, now: datetime | None = None) -> dict[str, int]:
-    """Trim every stream of the catalog once (the hub, embedded broker)."""
+async def trim_once(
+    registry: Any,
+    broker: Broker,
+    now: datetime | None = None,
+    max_retention: timedelta | None = None,
+) -> dict[str, int]:
+    """Trim every stream of the catalog once (the hub, embedded broker), keeping no stream's
+    events longer than ``max_retention`` when the operator set one."""
     streams = await asyncio.to_thread(streams_with_retention, registry)
+    if max_retention is not None:
+        streams = {stream: min(keep, max_retention) for stream, keep in streams.items()}
     return await trim_streams(streams, broker, now)
 
 
-async def run(registry: Any, broker: Broker, every: float = 600.0) -> None:
+async def run(
+    registry: Any, broker: Broker, every: float = 600.0, max_retention: timedelta | None = None
+) -> None:
     """The hub's schedule: trim every stream of the catalog until cancelled."""
-    await _every(lambda: trim_once(registry, broker), every)
+    await _every(lambda: trim_once(registry, broker, max_retention=max_retention), every)
 
 
 async def run_at_node(

@@ -40,6 +40,9 @@ from qiao.node.identity import NodeIdentity
 from qiao.problems import Problem
 
 log = logging.getLogger("qiao.exchange.consumer")
+
+# Shorter than a node's default header_timeout_seconds (qiao.node.limits).
+PEER_KEEPALIVE_SECONDS = 15.0
 # The scope an access token from the hub needs to be used at a node (docs/sso.md).
 EXCHANGE_SCOPE = "qiao"
 
@@ -126,6 +129,22 @@ class PinningConnector(aiohttp.TCPConnector):
         return PinnedFingerprints(self._pins(req.url.host or "", req.port or 443))
 
 
+# A new connection to a provider's node (TCP and the TLS handshake) gets at most this long.
+PROVIDER_CONNECT_SECONDS = 10.0
+
+
+def provider_timeout(settings: NodeSettings) -> aiohttp.ClientTimeout:
+    """How long the consumer waits for a provider's node (docs/exchange-protocol.md, "Limits
+    and timeouts"): ``provider_timeout_seconds`` for each read, and for a new connection the
+    connect allowance, never longer than ``provider_timeout_seconds`` itself — a node that
+    accepts connections but never answers the TLS handshake must not hold the app longer than
+    the documented wait."""
+    wait = settings.provider_timeout_seconds
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=min(PROVIDER_CONNECT_SECONDS, wait), sock_read=wait
+    )
+
+
 class ConsumerGateway:
     def __init__(
         self,
@@ -183,11 +202,13 @@ class ConsumerGateway:
         return self._pins.get((host, port), frozenset())
 
     def _new_session(self) -> aiohttp.ClientSession:
-        connector = PinningConnector(self._pin, ssl=self._ssl, limit=0, keepalive_timeout=60)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=10, sock_read=self._settings.provider_timeout_seconds
+        # Idle connections are dropped before the provider's node would close them (its
+        # header_timeout_seconds, 20 s by default): reusing one the far end is closing at
+        # that moment fails the call.
+        connector = PinningConnector(
+            self._pin, ssl=self._ssl, limit=0, keepalive_timeout=PEER_KEEPALIVE_SECONDS
         )
-        return client_session(connector, timeout=timeout)
+        return client_session(connector, timeout=provider_timeout(self._settings))
 
     @property
     def tokens(self) -> HubTokens:

@@ -17,15 +17,18 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from qiao import __version__, console, problems
 from qiao.agreements import api as agreements_api
 from qiao.agreements import emergency_api
+from qiao.agreements.audit import audit_agreements
 from qiao.catalog import api as catalog_api
 from qiao.config import HubSettings
 from qiao.db import make_engine, migrate, session_factory
 from qiao.events import hub_api
 from qiao.hub import auth
+from qiao.hub import openapi as hub_openapi
 from qiao.hub.auth import need, require
 from qiao.identity import api as identity_api
 from qiao.identity.roles import Principal, Role
@@ -108,13 +111,20 @@ def open_ledger(settings: HubSettings, registry: RegistryService) -> HubLedger:
     engine = registry.engine
     store = LedgerStore(engine, registry.keys.log_signer, registry.keys.log_signer.name)
     sessions = session_factory(engine)
+    exchanges = ExchangeLedger(sessions, store, settings.instance)
     return HubLedger(
         store=store,
         origin=registry.keys.log_signer.name,
         log_key=registry.keys.log_signer.verifier().to_text(),
-        exchanges=ExchangeLedger(sessions, store, settings.instance),
+        exchanges=exchanges,
         cosigning=Cosigning(sessions, store, quorum=settings.ledger_quorum),
         interval=settings.ledger_interval_seconds,
+        # `qiao ledger verify` also checks what the hub keeps beside the log against it: the
+        # exchange index that receipts read, and the stored agreements.
+        audits=[
+            lambda: exchanges.audit_index(store.entries()),
+            lambda: audit_agreements(sessions, store.entries()),
+        ],
     )
 
 
@@ -138,6 +148,7 @@ def create_app(settings: HubSettings, registry: RegistryService | None = None) -
     app.state.registry = registry
     app.state.ledger = ledger
     _install_problem_handlers(app)
+    hub_openapi.install(app)  # every error declared as the problem+json it is
     auth.install(app, registry)
     identity_api.install(app, registry, settings)
     catalog_api.install(app, registry, settings)
@@ -542,3 +553,10 @@ def _install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handler(from_validation))
     app.add_exception_handler(StarletteHTTPException, handler(from_http))
     app.add_exception_handler(Exception, handler(from_error))
+
+    def client_gone(_r: Request, _exc: Exception) -> Problem:
+        # The client went away mid-body, or the listener cut a body off (qiao.hub.limits,
+        # which has answered already): no failure of the hub's to log as one.
+        return Problem(problems.INCOMPLETE_BODY)
+
+    app.add_exception_handler(ClientDisconnect, handler(client_gone))

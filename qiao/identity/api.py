@@ -299,7 +299,14 @@ def install(app: FastAPI, registry: RegistryService, settings: HubSettings) -> N
         """Replace a user's roles (you may add only roles you hold yourself)."""
         return identity.set_roles(who, username, _roles(body.roles)).to_json()
 
-    @app.post("/api/v1/users/{username}/mfa-reset", tags=TAGS)
+    @app.post(
+        "/api/v1/users/{username}/mfa-reset",
+        tags=TAGS,
+        responses={
+            200: {"description": "Reset: the second administrator's call"},
+            202: {"description": "Pending: another administrator must confirm within the hour"},
+        },
+    )
     def mfa_reset(username: str, who: Principal = admins) -> JSONResponse:
         """Reset a user's MFA: needs two different administrators. The first call answers
         202 ``pending``; a second administrator's call within the hour resets (200)."""

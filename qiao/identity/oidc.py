@@ -792,6 +792,15 @@ def install(app: FastAPI, registry: RegistryService, settings: HubSettings, iden
                 f"{html.escape(error.error)} — {html.escape(error.description or '')}</p>",
                 status_code=400,
             )
+        except ValueError:
+            # authlib's error quotes the request's value (an unknown response_type ...) and
+            # refuses to when it holds characters an error_description may not (RFC 6749
+            # §4.1.2.1, §5.2): the request is malformed all the same.
+            return HTMLResponse(
+                "<!doctype html><p>登录请求无效 (invalid request): a parameter holds "
+                "characters OAuth 2.0 does not allow (RFC 6749 Appendix A)</p>",
+                status_code=400,
+            )
         prompt = req.payload.data.get("prompt", "")
         if user is None or "login" in prompt.split():
             next_url = request.url.path + "?" + request.url.query

@@ -968,8 +968,10 @@ class IdentityService:
             self._need_admin(actor, user.org_code)
             if actor.subject == f"user:{user.username}":
                 raise Problem(problems.FORBIDDEN, "another administrator resets your MFA")
-            if actor.kind == "token":
-                # Two-person control means two people: an automation token is neither.
+            if actor.kind in ("token", "operator"):
+                # Two-person control means two people: an automation token is neither, the
+                # platform's operator tokens included (two of them would reset anyone's
+                # factor with no person involved).
                 raise Problem(problems.FORBIDDEN, "an administrator resets MFA, not a token")
             if actor.kind == "user" and not has_second_factor(actor.amr):
                 raise Problem(problems.FORBIDDEN, "sign in with your second factor first")

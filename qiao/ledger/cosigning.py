@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from qiao.db import HubBase, UTCDateTime, utcnow
 from qiao.ledger import note
+from qiao.ledger.errors import NoteError
 from qiao.registry.models import Node
+
+# How much longer the other witnesses may take once a quorum has cosigned a checkpoint.
+QUORUM_GRACE_SECONDS = 0.5
 
 log = logging.getLogger("qiao.ledger.cosigning")
 
@@ -105,14 +110,14 @@ class Cosigning:
         # Sign exactly the size read above: entries appended meanwhile wait for the next round,
         # so the stored row's size and its note always agree.
         signed: bytes = self.store.sign_checkpoint(size)
-        registered = self.registered()
-        lines: list[str] = []
-        for name, url in registered:
-            status = self.witnesses.setdefault(name, WitnessStatus(name, url))
+        registered = self.registered_keys()
+        asks: list[tuple[WitnessStatus, note.NoteVerifier]] = []
+        for key, url in registered:
+            verifier = note.parse_verifier_key(key)
+            status = self.witnesses.setdefault(verifier.name, WitnessStatus(verifier.name, url))
             status.url = url
-            line = self._ask(client, status, signed, size)
-            if line:
-                lines.append(line)
+            asks.append((status, verifier))
+        lines = self._ask_all(client, asks, signed, size, self.needed(len(registered)))
         cosigned = signed + "".join(lines).encode()
         row = CosignedCheckpoint(
             size=size,
@@ -131,7 +136,53 @@ class Cosigning:
             )
         return row
 
-    def _ask(self, client: httpx.Client, w: WitnessStatus, signed: bytes, size: int) -> str:
+    def _ask_all(
+        self,
+        client: httpx.Client,
+        asks: list[tuple[WitnessStatus, note.NoteVerifier]],
+        signed: bytes,
+        size: int,
+        needed: int,
+    ) -> list[str]:
+        """Ask every witness at once, so that one that is away or slow costs a round its own
+        timeout, not the sum of everyone's. Once a quorum has cosigned, the others get
+        ``QUORUM_GRACE_SECONDS`` more: a slow witness then adds its cosignature in a later
+        round (it has seen this checkpoint; the hub proves consistency from it next time)."""
+        if not asks:
+            return []
+        pool = ThreadPoolExecutor(max_workers=len(asks), thread_name_prefix="cosign")
+        try:
+            futures = [
+                pool.submit(self._ask, client, status, signed, size, verifier)
+                for status, verifier in asks
+            ]
+            lines: dict[int, str] = {}
+            pending = set(futures)
+            deadline: float | None = None
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                if not done:
+                    break  # the grace after the quorum ran out
+                for f in done:
+                    if line := f.result():
+                        lines[futures.index(f)] = line
+                if deadline is None and len(lines) >= needed:
+                    deadline = time.monotonic() + QUORUM_GRACE_SECONDS
+            # In the registered witnesses' order, so the note does not depend on timing.
+            return [lines[i] for i in sorted(lines)]
+        finally:
+            # Stragglers finish on their own (bounded by the request timeout).
+            pool.shutdown(wait=False)
+
+    def _ask(
+        self,
+        client: httpx.Client,
+        w: WitnessStatus,
+        signed: bytes,
+        size: int,
+        verifier: note.NoteVerifier,
+    ) -> str:
         old = min(w.size, size)
         for _attempt in range(3):
             proof = self.store.consistency_proof(old, size) if 0 < old < size else []
@@ -155,9 +206,19 @@ class Cosigning:
                 w.last_error = f"{r.status_code}: {r.text.strip()[:200]}"
                 log.error("witness %s refused checkpoint %d: %s", w.name, size, w.last_error)
                 return ""
+            cosigned = "".join(line + "\n" for line in r.text.splitlines() if line.startswith("— "))
+            try:
+                # Only a cosignature by the witness's registered key counts towards the
+                # quorum (c2sp.org/tlog-cosignature): a witness whose key was replaced, or
+                # anything answering at its URL, must not make a checkpoint look cosigned.
+                note.open_note(signed + cosigned.encode(), [verifier])
+            except NoteError as exc:
+                w.last_error = f"its cosignature does not verify with its registered key: {exc}"
+                log.error("witness %s: %s", w.name, w.last_error)
+                return ""
             w.size, w.last_error = size, ""
             w.last_cosigned_at = utcnow().isoformat()
-            return "".join(line + "\n" for line in r.text.splitlines() if line.startswith("— "))
+            return cosigned
         w.last_error = "the witness kept answering 409"
         return ""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -171,6 +171,49 @@ def record_for_ledger(row: Any) -> dict[str, Any]:
     return out
 
 
+def ledger_entry(instance: str, node: str, org: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """The ledger entry for a record as submitted (``record_for_ledger``'s form): what the hub
+    appends, and what an auditor of the node's records recomputes (``record_differences``).
+    Raises KeyError, TypeError or ValueError for a record that lacks a field."""
+    entry = {
+        "type": "exchange",
+        "instance": instance,
+        "node": node,
+        "org": org,
+        "record_id": int(rec["record_id"]),
+        **{k: rec[k] for k in ENTRY_FIELDS},
+    }
+    for k in OPTIONAL_ENTRY_FIELDS:
+        if rec.get(k):
+            entry[k] = str(rec[k])[:64]
+    return entry
+
+
+def record_differences(node: str, rec: dict[str, Any], entry: bytes) -> list[str]:
+    """How a node's record (``record_for_ledger``'s form) differs from the ledger entry it was
+    appended as: [] when the entry is still exactly this record, else one phrase per field
+    ("status: 200 here, 500 on the ledger"). The hub adds only its instance and the node's
+    organization, which the node's copy does not hold; everything else must match."""
+    try:
+        on_ledger = orjson.loads(entry)
+    except orjson.JSONDecodeError:
+        return ["the ledger entry is not JSON"]
+    if not isinstance(on_ledger, dict) or on_ledger.get("type") != "exchange":
+        return ["the ledger entry is not an exchange record"]
+    expected = ledger_entry("", node, "", rec)
+    out = []
+    for name, value in expected.items():
+        if name in ("instance", "org"):
+            continue
+        held = on_ledger.get(name, "" if name in OPTIONAL_ENTRY_FIELDS else None)
+        if held != value:
+            out.append(f"{name}: {value!r} here, {held!r} on the ledger")
+    for name in OPTIONAL_ENTRY_FIELDS:
+        if name not in expected and on_ledger.get(name):
+            out.append(f"{name}: '' here, {on_ledger[name]!r} on the ledger")
+    return out
+
+
 class ExchangeLedger:
     """Hub side: check a node's signed batch and append its records to the ledger."""
 
@@ -185,7 +228,9 @@ class ExchangeLedger:
     def _node_key(self, node: str, fingerprint: str) -> tuple[str, Any]:
         with self.sessions() as s:
             row = s.execute(
-                select(Node.org_code, Certificate.pem, Certificate.revoked_at)
+                select(
+                    Node.org_code, Certificate.pem, Certificate.revoked_at, Certificate.not_after
+                )
                 .join(Certificate, Certificate.node_id == Node.id)
                 .where(Node.name == node, Certificate.fingerprint == fingerprint)
             ).one_or_none()
@@ -193,6 +238,10 @@ class ExchangeLedger:
             raise Problem(problems.FORBIDDEN, f"no certificate {fingerprint[:16]}… for node {node}")
         if row.revoked_at is not None:
             raise Problem(problems.FORBIDDEN, f"node {node}'s certificate is revoked")
+        # An expired certificate vouches for nothing (RFC 5280 §4.1.2.5), as for the
+        # configuration fetch and the event broker (RegistryService.verify_node_signature).
+        if row.not_after <= datetime.now(UTC):
+            raise Problem(problems.FORBIDDEN, f"node {node}'s certificate has expired")
         return row.org_code, x509.load_pem_x509_certificate(row.pem.encode()).public_key()
 
     def submit(self, node: str, fingerprint: str, batch: str, signature: str) -> list[int]:
@@ -217,17 +266,7 @@ class ExchangeLedger:
         entries: list[tuple[str, bytes]] = []
         for rec in records:
             try:
-                entry = {
-                    "type": "exchange",
-                    "instance": self.instance,
-                    "node": node,
-                    "org": org,
-                    "record_id": int(rec["record_id"]),
-                    **{k: rec[k] for k in ENTRY_FIELDS},
-                }
-                for k in OPTIONAL_ENTRY_FIELDS:
-                    if rec.get(k):
-                        entry[k] = str(rec[k])[:64]
+                entry = ledger_entry(self.instance, node, org, rec)
             except (KeyError, TypeError, ValueError) as exc:
                 raise Problem(problems.VALIDATION, f"record lacks {exc}") from exc
             entries.append((f"exchange:{node}:{entry['record_id']}", canonical_json(entry)))
@@ -258,6 +297,69 @@ class ExchangeLedger:
             ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(LedgerExchange)
             # A resubmitted batch maps to the same indices: inserting it again changes nothing.
             s.execute(ins.on_conflict_do_nothing(index_elements=["idx"]), rows)
+
+    def audit_index(self, entries: Iterable[tuple[int, bytes]], page: int = 4096) -> list[str]:
+        """Compare the exchange index (``ledger_exchanges``, what receipts and audit searches
+        read) with the log's exchange entries (``entries`` in index order): one line per row
+        that no longer says what its entry says, per exchange entry without a row, and per
+        row whose entry is not an exchange record. [] when they agree."""
+        findings: list[str] = []
+        t = LedgerExchange.__table__
+        columns = ("exchange_id", "role", "node", "org", *INDEXED_FIELDS)
+
+        def rows() -> Iterator[Any]:
+            after = -1
+            while True:
+                with self.sessions() as s:
+                    batch = list(
+                        s.execute(
+                            select(t).where(t.c.idx > after).order_by(t.c.idx).limit(page)
+                        ).mappings()
+                    )
+                if not batch:
+                    return
+                yield from batch
+                after = batch[-1]["idx"]
+
+        stored = rows()
+        row = next(stored, None)
+        for idx, data in entries:
+            while row is not None and row["idx"] < idx:
+                findings.append(f"exchange index row {row['idx']}: no such entry in the log")
+                row = next(stored, None)
+            mine = row if row is not None and row["idx"] == idx else None
+            if mine is not None:
+                row = next(stored, None)
+            if b'"type":"exchange"' not in data:
+                if mine is not None:
+                    findings.append(f"exchange index row {idx}: entry {idx} is no exchange record")
+                continue
+            try:
+                entry = orjson.loads(data)
+                expected = {
+                    "exchange_id": entry["exchange_id"],
+                    "role": entry["role"],
+                    "node": entry["node"],
+                    **indexed_columns(str(entry["org"]), entry),
+                }
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # the log's own checks report an entry that is not what it was
+            if mine is None:
+                findings.append(
+                    f"entry {idx}: missing from the exchange index (its receipt and audit "
+                    "searches would not find it)"
+                )
+                continue
+            differ = [c for c in columns if mine[c] != expected[c]]
+            if differ:
+                findings.append(
+                    f"exchange index row {idx}: "
+                    + "; ".join(f"{c} {mine[c]!r}, entry {expected[c]!r}" for c in differ)
+                )
+        while row is not None:
+            findings.append(f"exchange index row {row['idx']}: no such entry in the log")
+            row = next(stored, None)
+        return findings
 
     def find(self, exchange_id: str) -> list[LedgerExchange]:
         with self.sessions() as s:

@@ -235,6 +235,24 @@ class LedgerStore:
             raise IndexError(f"no ledger entry {index}")
         return bytes(data)
 
+    def entries(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """``(index, entry)`` from ``start`` in index order, read page by page (an audit that
+        reads the whole log keeps one page in memory, whatever the log's size)."""
+        after = start - 1
+        while True:
+            with self._engine.connect() as conn:
+                page = conn.execute(
+                    select(_ENTRIES.c.idx, _ENTRIES.c.entry)
+                    .where(_ENTRIES.c.idx > after)
+                    .order_by(_ENTRIES.c.idx)
+                    .limit(_ENTRY_PAGE)
+                ).all()
+            if not page:
+                return
+            for idx, data in page:
+                after = int(idx)
+                yield after, bytes(data)
+
     def index_of(self, source_key: str) -> int | None:
         with self._engine.connect() as conn:
             idx = conn.execute(
@@ -707,7 +725,7 @@ def _check_tiles(conn: Connection, size: int, findings: _Findings) -> None:
                 after = index
                 if index >= expected_tiles:
                     findings.add(
-                        f"{tiles.tile_path(level, index)}: stored, but a log of size {size} "
+                        f"{_stored_tile(level, index)}: stored, but a log of size {size} "
                         f"has only {expected_tiles} tiles at level {level}"
                     )
                     continue
@@ -756,9 +774,18 @@ def _check_tiles(conn: Connection, size: int, findings: _Findings) -> None:
     ).all()
     for tile_level, index in extra:
         findings.add(
-            f"{tiles.tile_path(tile_level, index)}: stored, but a log of size {size} has no "
+            f"{_stored_tile(tile_level, index)}: stored, but a log of size {size} has no "
             f"tiles at level {tile_level}"
         )
+
+
+def _stored_tile(level: int, index: int) -> str:
+    """A stored tile's path, also for a row whose level or index no valid tile has (a row
+    altered in the database must be reported, not crash the report)."""
+    try:
+        return tiles.tile_path(level, index)
+    except ValueError:
+        return f"tile row (level {level}, index {index})"
 
 
 def _missing_tiles(size: int, level: int, first: int, last: int) -> str:

@@ -49,6 +49,8 @@ MAX_STORED_SIZE = 2**63 - 1
 # c2sp.org/tlog-witness "add-checkpoint": the 409 body's content type.
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
 ALERT_INCONSISTENT = "inconsistent-checkpoint"
+# The witness's own stored state no longer is the log-signed checkpoint it cosigned.
+ALERT_STATE_DAMAGED = "damaged-state"
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
@@ -97,11 +99,15 @@ class _Refused(Exception):
 
 
 class _ForkRefused(_Refused):
-    """A refusal that is evidence: the log signed two inconsistent checkpoints."""
+    """A refusal that is evidence: the log signed two inconsistent checkpoints (or, with
+    ``kind`` ALERT_STATE_DAMAGED, this witness's record of what it cosigned was altered)."""
 
-    def __init__(self, status: int, message: str, detail: str) -> None:
+    def __init__(
+        self, status: int, message: str, detail: str, kind: str = ALERT_INCONSISTENT
+    ) -> None:
         super().__init__(status, message)
         self.detail = detail
+        self.kind = kind
 
 
 def parse_add_checkpoint(body: bytes) -> AddCheckpoint:
@@ -220,7 +226,11 @@ class Witness:
 
         with self._transaction() as conn:
             stored = self._lock_state(conn, origin)
-            refusal = self._check(request, stored)
+            refusal = (
+                self._damaged(stored, verifier)
+                or self._moved(conn, stored)
+                or self._check(request, stored)
+            )
             if refusal is None:
                 conn.execute(
                     update(WitnessState)
@@ -233,13 +243,73 @@ class Witness:
                     )
                 )
             elif isinstance(refusal, _ForkRefused):
-                self._record_alert(conn, stored, refusal.detail, body)
+                self._record_alert(conn, stored, refusal.detail, body, refusal.kind)
         # Committed: only now may the witness answer ("MUST persist the new checkpoint
         # before responding"), and a refusal's alert is stored even though it refuses.
         if refusal is not None:
             raise refusal
         # Cosign exactly the text whose log signature verified.
         return self._cosigner.cosign(text.encode(), now)
+
+    @staticmethod
+    def _damaged(stored: LogState, verifier: note.Verifier) -> _Refused | None:
+        """Whether the stored state is still the log-signed checkpoint it was stored from.
+
+        Every check below trusts the stored size and root; if someone with access to the
+        node's database changed them (to make the witness cosign another history, or to
+        rewind it), the witness must not cosign from them. The stored note carries the
+        log's signature over the size and root, so it settles what they were."""
+        if stored.size == 0 and not stored.checkpoint:
+            return None  # nothing cosigned yet
+        try:
+            _text, _sigs = note.open_note(stored.checkpoint, [verifier])
+            held = parse_add_checkpoint(b"old 0\n\n" + stored.checkpoint).checkpoint
+        except (NoteError, ValueError) as exc:
+            problem = f"its stored checkpoint does not verify with the log's key: {exc}"
+        else:
+            if (held.origin, held.size, held.root_hash) == (
+                stored.origin,
+                stored.size,
+                stored.root_hash,
+            ):
+                return None
+            problem = (
+                f"it stores size {stored.size} and root {_b64(stored.root_hash)}, but the "
+                f"log-signed checkpoint it stored says size {held.size} and root "
+                f"{_b64(held.root_hash)}"
+            )
+        detail = (
+            f"the witness state for log {stored.origin!r} was altered: {problem}. The witness "
+            "cosigns nothing for this log until an operator restores it."
+        )
+        return _ForkRefused(500, f"witness state damaged: {problem}\n", detail, ALERT_STATE_DAMAGED)
+
+    @staticmethod
+    def _moved(conn: Connection, stored: LogState) -> _Refused | None:
+        """A log this witness seems never to have cosigned for, whose cosigned checkpoint is
+        stored under another origin: the row's origin was changed, which would let the log
+        start its history afresh here. (Each stored note names its own origin.)"""
+        if stored.size != 0 or stored.checkpoint:
+            return None
+        prefix = stored.origin.encode() + b"\n"
+        for origin, checkpoint in conn.execute(
+            select(WitnessState.origin, WitnessState.checkpoint).where(
+                WitnessState.origin != stored.origin
+            )
+        ):
+            if bytes(checkpoint).startswith(prefix):
+                problem = (
+                    f"the checkpoint it cosigned for log {stored.origin!r} is stored under "
+                    f"origin {origin!r}"
+                )
+                detail = (
+                    f"the witness state was altered: {problem}. The witness cosigns nothing "
+                    "for this log until an operator restores it."
+                )
+                return _ForkRefused(
+                    500, f"witness state damaged: {problem}\n", detail, ALERT_STATE_DAMAGED
+                )
+        return None
 
     def _check(self, request: AddCheckpoint, stored: LogState) -> _Refused | None:
         """The checks against stored state; must run inside the transaction that holds it."""
@@ -323,12 +393,23 @@ class Witness:
         ).one()
         return LogState(row.origin, row.size, row.root_hash, row.checkpoint, row.updated_at)
 
-    def _record_alert(self, conn: Connection, stored: LogState, detail: str, body: bytes) -> None:
-        # A replayed request is one incident, not many: keep the first alert only.
+    def _record_alert(
+        self,
+        conn: Connection,
+        stored: LogState,
+        detail: str,
+        body: bytes,
+        kind: str = ALERT_INCONSISTENT,
+    ) -> None:
+        # A replayed request is one incident, not many: keep the first alert only. Damaged
+        # state is one incident whatever the log sends next, until the state changes.
+        same = (
+            WitnessAlert.evidence == body
+            if kind == ALERT_INCONSISTENT
+            else (WitnessAlert.kind == kind) & (WitnessAlert.cosigned == stored.checkpoint)
+        )
         seen = conn.execute(
-            select(WitnessAlert.id)
-            .where(WitnessAlert.origin == stored.origin, WitnessAlert.evidence == body)
-            .limit(1)
+            select(WitnessAlert.id).where(WitnessAlert.origin == stored.origin, same).limit(1)
         ).first()
         if seen is not None:
             return
@@ -336,7 +417,7 @@ class Witness:
         conn.execute(
             insert(WitnessAlert).values(
                 origin=stored.origin,
-                kind=ALERT_INCONSISTENT,
+                kind=kind,
                 detail=detail,
                 evidence=body,
                 cosigned=stored.checkpoint,

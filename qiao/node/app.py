@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from qiao import __version__, pki, problems
 from qiao.config import NodeSettings
@@ -38,8 +39,10 @@ from qiao.globalconf import GlobalConf
 from qiao.ledger import note
 from qiao.ledger.submit import LedgerSubmitter
 from qiao.ledger.witness import Witness, witness_routes
+from qiao.node import limits
 from qiao.node.confcache import ConfigurationCache, NodeCredentials, fetch_loop, fetch_once
 from qiao.node.identity import WITNESS_KEY_FILE, NodeIdentity, load_witness
+from qiao.node.openapi import document
 from qiao.problems import Problem
 
 log = logging.getLogger("qiao.node")
@@ -155,7 +158,7 @@ class Node:
 
     def app_listener(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.settings.max_body_bytes + 1, middlewares=[_problem_middleware]
+            client_max_size=self.settings.max_body_bytes + 1, middlewares=self._middlewares()
         )
 
         async def health(_r: web.Request) -> web.Response:
@@ -164,7 +167,13 @@ class Node:
                 body=orjson.dumps(body), status=code, content_type="application/json"
             )
 
+        openapi = orjson.dumps(document(__version__))
+
+        async def openapi_document(_r: web.Request) -> web.Response:
+            return web.Response(body=openapi, content_type="application/json")
+
         app.router.add_get("/healthz", health)
+        app.router.add_get("/openapi.json", openapi_document)
         app.router.add_route("*", "/r1/{tail:.*}", self.consumer.handle)
         if self.events is not None:
             app.add_routes(self.events.routes())
@@ -175,10 +184,17 @@ class Node:
 
     def peer_listener(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.settings.max_body_bytes + 1, middlewares=[_problem_middleware]
+            client_max_size=self.settings.max_body_bytes + 1, middlewares=self._middlewares()
         )
         app.router.add_route("*", "/r1/{tail:.*}", self.provider.handle)
         return app
+
+    def _middlewares(self) -> list[Middleware]:
+        s = self.settings
+        return [
+            _problem_middleware,
+            limits.body_deadline(s.body_timeout_seconds, s.body_min_bytes_per_second),
+        ]
 
     async def start(self) -> None:
         s = self.settings
@@ -203,9 +219,19 @@ class Node:
             (self.app_listener(), s.host, s.port, None),
             (self.peer_listener(), s.peer_host, s.peer_port, ssl_server),
         ):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            # Limits and timeouts on what clients send (qiao.node.limits).
+            runner = web.AppRunner(
+                app, access_log=None, handle_signals=False, **limits.runner_options(s)
+            )
             await runner.setup()
-            await web.TCPSite(runner, host, port, ssl_context=ssl, backlog=1024).start()
+            await limits.HandshakeDeadlineSite(
+                runner,
+                host,
+                port,
+                ssl_context=ssl,
+                backlog=1024,
+                ssl_handshake_timeout=s.tls_handshake_timeout_seconds,
+            ).start()
             self.runners.append(runner)
         self.tasks.append(
             asyncio.create_task(

@@ -33,6 +33,8 @@ from qiao.registry.services import REFUSED_HEADER, sign_configuration_fetch
 
 log = logging.getLogger("qiao.node.configuration")
 CACHE_FILE = "global-configuration.json"
+# How far this node's clock may step back (an NTP correction) without the cache looking altered.
+CLOCK_SKEW = 300.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,15 @@ class ConfigurationCache:
             self.current = self._verify(saved["envelope"])
             self._envelope = saved["envelope"]
             self.last_reached = float(saved["last_reached"])
+            # The time the hub was last reached is not signed, and the grace period runs
+            # from it: one in the future was moved, to keep serving past the grace period
+            # on a configuration the hub may no longer send. (A clock set back by more than
+            # the margin has the same effect: the node then waits for the hub, safely.)
+            if self.last_reached > self._clock() + CLOCK_SKEW:
+                raise ValueError(
+                    f"it says the hub was last reached at {self.last_reached:.0f}, later than "
+                    "now: the file was altered"
+                )
         except (ValueError, KeyError, TypeError) as exc:
             # A damaged cache must not be trusted; the next fetch replaces it.
             log.error("ignoring the cached global configuration: %s", exc)

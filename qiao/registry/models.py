@@ -117,6 +117,8 @@ class OperatorToken(HubBase):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # None: made before tokens had an expiry (hub migration 0015), valid until revoked.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class RegistryRevision(HubBase):

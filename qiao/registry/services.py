@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +69,9 @@ def acting(actor: str) -> Iterator[None]:
 
 
 _CODE_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
+
+# The longest life `qiao hub operator-token --days` may give a token.
+MAX_TOKEN_DAYS = 730
 
 
 def _hash(secret: str) -> str:
@@ -481,10 +484,20 @@ class RegistryService:
 
     # --- operator tokens -----------------------------------------------------------------
     def create_operator_token(
-        self, label: str, *, org: str | None = None, roles: frozenset[Role] = frozenset()
+        self,
+        label: str,
+        *,
+        org: str | None = None,
+        roles: frozenset[Role] = frozenset(),
+        days: float | None = None,
     ) -> str:
         """A new token, shown once: platform-wide without ``org``, else scoped to ``roles``
-        in that organization (which must exist; a scoped token needs at least one role)."""
+        in that organization (which must exist; a scoped token needs at least one role).
+        With ``days`` it stops working that long from now; without, when it is revoked."""
+        if days is not None and not 0 < days <= MAX_TOKEN_DAYS:
+            raise Problem(
+                problems.VALIDATION, f"a token lives more than 0 and at most {MAX_TOKEN_DAYS} days"
+            )
         if org is not None and not roles:
             raise Problem(problems.VALIDATION, "a token for an organization needs a role")
         if Role.PLATFORM_ADMIN in roles and org is not None:
@@ -494,18 +507,63 @@ class RegistryService:
         with self._sessions.begin() as s:
             if org is not None:
                 self._org(s, org)
-            s.add(
-                OperatorToken(label=label, token_hash=_hash(token), org_code=org, roles=role_text)
+            row = OperatorToken(
+                label=label,
+                token_hash=_hash(token),
+                org_code=org,
+                roles=role_text,
+                expires_at=None if days is None else utcnow() + timedelta(days=days),
             )
-            self._event(s, "operator-token.create", label=label, org=org, roles=role_text)
+            s.add(row)
+            s.flush()
+            self._event(
+                s,
+                "operator-token.create",
+                id=row.id,
+                label=label,
+                org=org,
+                roles=role_text,
+                expires_at=row.expires_at.isoformat() if row.expires_at else None,
+            )
         return token
+
+    def operator_tokens(self) -> list[dict[str, Any]]:
+        """Every hub API token, without its secret (only a hash of it is kept anyway)."""
+        now = utcnow()
+        with self._sessions() as s:
+            rows = s.scalars(select(OperatorToken).order_by(OperatorToken.id)).all()
+            return [
+                {
+                    "id": t.id,
+                    "label": t.label,
+                    "org": t.org_code,
+                    "roles": t.roles,
+                    "created_at": t.created_at.isoformat(),
+                    "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+                    "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                    "valid": t.revoked_at is None and (t.expires_at is None or t.expires_at > now),
+                }
+                for t in rows
+            ]
+
+    def revoke_operator_token(self, token_id: int, *, reason: str = "") -> None:
+        """Stop a hub API token at once (its next request is refused); on the ledger."""
+        with self._sessions.begin() as s:
+            row = s.get(OperatorToken, token_id)
+            if row is None:
+                raise Problem(problems.NOT_FOUND, f"no token {token_id}")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                self._event(s, "operator-token.revoke", id=token_id, label=row.label, reason=reason)
 
     def check_operator_token(self, token: str) -> Principal | None:
         """Who holds ``token``, if it is a valid token, else None."""
         with self._sessions() as s:
             row = s.execute(
                 select(OperatorToken.label, OperatorToken.org_code, OperatorToken.roles).where(
-                    OperatorToken.token_hash == _hash(token), OperatorToken.revoked_at.is_(None)
+                    OperatorToken.token_hash == _hash(token),
+                    OperatorToken.revoked_at.is_(None),
+                    or_(OperatorToken.expires_at.is_(None), OperatorToken.expires_at > utcnow()),
                 )
             ).first()
         if row is None:

@@ -379,3 +379,15 @@ def test_fields_and_masks_name_items_and_renewals_last_no_longer(hub: Hub) -> No
             doc["valid_from"]
         )
         assert length == timedelta(days=90)
+
+
+def test_an_approval_with_window_times_with_an_offset_is_a_problem_not_a_crash(hub: Hub) -> None:
+    # Found by reliability/test_fuzz_hub.py: the hub answered 500 (a TypeError comparing an
+    # offset-aware time with a naive one) before looking at the request at all.
+    req = _apply(hub)
+    r = hub.client.post(
+        f"/api/v1/requests/{req['id']}/approve",
+        json={"time_windows": [{"days": [1], "start": "08:00:00+08:00"}]},
+        headers=hub.token(POLICE, Role.APPROVER),
+    )
+    assert "without an offset" in _problem(r, 422, "validation")["detail"]

@@ -100,14 +100,38 @@ def test_the_batch_hash_covers_the_event_ids_and_digests_in_order() -> None:
 
 def _rows(role: str = "subscriber") -> list[dict[str, Any]]:
     return [
-        {"event_id": f"e-{i}", "digest": event_digest({"n": i})[0], "role": role} for i in range(3)
+        {
+            "id": i + 1,
+            "event_id": f"e-{i}",
+            "digest": event_digest({"n": i})[0],
+            "bytes": event_digest({"n": i})[1],
+            "role": role,
+            "stream": "ORG/accidents",
+            "client": "CN/ORG2/app",
+            "agreement": "AG-1",
+        }
+        for i in range(3)
     ]
+
+
+def _entry(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "exchange_id": "b-1",
+        "role": "subscriber",
+        "node": "n1",
+        "request_hash": batch_hash((r["event_id"], r["digest"]) for r in rows),
+        "provider_org": "ORG",
+        "resource": "accidents",
+        "client": "CN/ORG2/app",
+        "request_bytes": sum(r["bytes"] for r in rows),
+        "agreement": "AG-1",
+    }
 
 
 def test_verify_compares_the_recomputed_hash_with_the_ledger_entry() -> None:
     rows = _rows()
-    good = batch_hash((r["event_id"], r["digest"]) for r in rows)
-    entry = {"exchange_id": "b-1", "role": "subscriber", "node": "n1", "request_hash": good}
+    entry = _entry(rows)
+    good = entry["request_hash"]
     ok = verify(rows, "b-1", 7, entry, "n1")
     assert ok.verified and ok.recomputed == good and ok.events == 3
 
@@ -120,6 +144,29 @@ def test_verify_compares_the_recomputed_hash_with_the_ledger_entry() -> None:
     assert not verify(rows, "b-1", 7, dict(entry, role="publisher"), "n1").verified
     assert "not on the ledger" in verify(rows, "b-1", None, None, "n1").problem
     assert "no event records" in verify([], "b-1", 7, entry, "n1").problem
+
+
+@pytest.mark.parametrize(
+    "column,value",
+    [
+        ("stream", "ORG/other"),
+        ("client", "CN/ORG3/app"),
+        ("role", "publisher"),
+        ("bytes", 1),
+        ("agreement", "AG-2"),
+    ],
+)
+def test_verify_checks_what_the_batch_record_vouches_for_in_each_row(
+    column: str, value: Any
+) -> None:
+    # Fields outside the hash but on the ledger in the batch's exchange record: a change in
+    # any row (not only the first) is found (reliability/test_tamper.py found these).
+    rows = _rows()
+    entry = _entry(rows)
+    assert verify(rows, "b-1", 7, entry, "n1").verified
+    tampered = [*rows[:2], dict(rows[2], **{column: value})]
+    result = verify(tampered, "b-1", 7, entry, "n1")
+    assert not result.verified and result.problem
 
 
 # --- at a node's store ---------------------------------------------------------------------

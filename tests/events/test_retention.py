@@ -107,3 +107,51 @@ async def test_a_provider_node_trims_its_own_streams_by_the_configuration(
         assert len(await broker.fetch("ORG-B/other", "node-b", after=0, limit=10)) == 2
     finally:
         await broker.close()
+
+
+async def test_the_hub_operator_caps_every_stream_retention(tmp_path: Path) -> None:
+    # A hub whose disk cannot hold the catalog's 72 h keeps no stream longer than its cap;
+    # a stream whose own retention is shorter keeps its own.
+    settings = HubSettings(data_dir=tmp_path / "hub", events_max_retention_hours=36)
+    registry = open_registry(settings)
+    codes = org_codes()
+    for dept, org in codes.items():
+        registry.add_organization(org, dept)
+    from qiao.catalog.standards import standard_catalog
+
+    std, city = standard_catalog(), demo_catalog(codes)
+    CatalogService(registry).import_catalog(
+        CLI,
+        Catalog(
+            code_lists=std.code_lists + city.code_lists,
+            data_elements=std.data_elements + city.data_elements,
+            resources=city.resources,
+        ),
+    )
+    accidents, bikes = f"{codes['police']}/traffic-accidents", f"{codes['transport']}/bike-stations"
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    broker = EmbeddedBroker(registry.engine)
+    try:
+        for stream in (accidents, bikes):
+            await broker.publish(
+                stream,
+                "transport-node",
+                [Outgoing(f"e{h}", "k", b"sealed", now - timedelta(hours=h)) for h in (48, 30, 1)],
+            )
+        assert settings.events_max_retention_hours is not None
+        cap = timedelta(hours=settings.events_max_retention_hours)
+        removed = await trim_once(registry, broker, now, max_retention=cap)
+        # Accidents (72 h in the catalog) keep 36 h: the 48-hour-old event goes; stations
+        # keep their own 24 h: the 48- and 30-hour-old ones go.
+        assert removed == {accidents: 1, bikes: 2}
+        left = await broker.fetch(accidents, "transport-node", after=0, limit=10)
+        assert [e.event_id for e in left] == ["e30", "e1"]
+    finally:
+        await broker.close()
+        registry.engine.dispose()
+
+
+def test_retention_settings_default_to_the_documented_schedule() -> None:
+    settings = HubSettings()
+    assert settings.events_trim_seconds == 600.0
+    assert settings.events_max_retention_hours is None

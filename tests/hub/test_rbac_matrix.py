@@ -461,11 +461,11 @@ def expected(access: Access, caller: Caller) -> bool:
     if access.kind == "session":
         return caller.kind == "session"
     assert caller.role is not None
+    if access.people_only and caller.kind == "token":
+        return False  # the platform's operator tokens too: two-person rules need people
     if caller.role is Role.PLATFORM_ADMIN:
         return access.platform
     if caller.role not in access.roles:
-        return False
-    if access.people_only and caller.kind == "token":
         return False
     return not access.scoped or caller.org == A
 

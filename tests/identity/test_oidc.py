@@ -642,3 +642,22 @@ def test_userinfo_needs_a_valid_access_token_and_issuance_is_recorded(hub: Hub) 
     with session_factory(hub.registry.engine)() as s:
         actions = {a for (a,) in s.execute(select(AdminEvent.action))}
     assert {"oidc.client.register", "oidc.token.issue"} <= actions
+
+
+def test_parameters_with_characters_oauth_forbids_are_refused_not_a_crash(hub: Hub) -> None:
+    # Found by reliability/test_fuzz_hub.py: authlib's error for an unknown response_type
+    # quotes it, and raises ValueError instead when it holds characters an
+    # error_description may not (RFC 6749 §5.2): the hub answered 500.
+    client = hub.register()
+    with hub.browser(hub.sign_in("zhou.yu")) as b:
+        r = b.get(
+            hub.url + "/oauth2/authorize",
+            params={"client_id": client["client_id"], "response_type": "codeÏ",
+                    "redirect_uri": APP_URI},
+        )  # fmt: skip
+    assert r.status_code in (302, 400), r.text
+    if r.status_code == 302:  # an error sent back to the registered client (§4.1.2.1)
+        assert r.headers["location"].startswith(APP_URI)
+    # The token endpoint quotes nothing: an OAuth error, as always (RFC 6749 §5.2).
+    r = httpx.post(hub.url + "/oauth2/token", data={"grant_type": "codeÏ"})
+    assert r.status_code == 400 and r.json()["error"] == "unsupported_grant_type"

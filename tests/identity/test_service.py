@@ -326,6 +326,24 @@ def test_binding_can_be_turned_off(tmp_path: Path, db_url: str) -> None:
     assert hub.identity.principal_for_session(token, "10.9.9.9") is not None
 
 
+def test_tokens_take_no_part_in_an_mfa_reset(hub: Hub) -> None:
+    """docs/identity.md §3: two people, each signed in with their own second factor. Two
+    platform operator tokens once reset a person's factor with no person involved."""
+    hub.user("approver", Role.APPROVER)
+    platform = frozenset({Role.PLATFORM_ADMIN})
+    for label in ("automation-1", "automation-2"):
+        with pytest.raises(Problem, match="not a token") as e:
+            hub.identity.request_mfa_reset(
+                Principal(f"operator:{label}", platform, kind="operator"), "approver"
+            )
+        assert _type(e) == "urn:qiao:problem:hub:forbidden"
+    with pytest.raises(Problem, match="not a token"):
+        hub.identity.request_mfa_reset(
+            Principal("token:ops", frozenset({Role.ORG_ADMIN}), org=A, kind="token"), "approver"
+        )
+    assert hub.identity.get_user(CLI, "approver").mfa_enrolled
+
+
 def test_mfa_reset_needs_two_administrators(hub: Hub) -> None:
     ident = hub.identity
     secret = hub.user("approver", Role.APPROVER)

@@ -124,6 +124,9 @@ def test_quorum_none() -> None:
         (f"log {LOG_KEY}\r\nquorum none\n", "line 1: control character U+000D (save the file"),
         ("quorum none\n\x00\n", "line 2: control character U+0000"),
     ],
+    # The texts hold keys generated at import: name the cases by message, so that every
+    # process collecting them (pytest-xdist's workers) gets the same test ids.
+    ids=lambda v: "policy" if "\n" in v or not v else v,
 )
 def test_malformed_policies(text: str, message: str) -> None:
     with pytest.raises(PolicyError) as err:

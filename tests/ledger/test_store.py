@@ -495,3 +495,17 @@ def test_two_processes_append_one_log(db_url: str, engine: Engine, signer: note.
     assert store.verify() == []
     checkpoint, _ = note.open_checkpoint(store.sign_checkpoint(), [signer.verifier()])
     assert checkpoint.size == size
+
+
+def test_verify_reports_tile_rows_no_tile_can_be(store: LedgerStore, engine: Engine) -> None:
+    # A row altered to a level or index outside c2sp.org/tlog-tiles is a finding, not a crash
+    # of the audit (reliability/test_tamper.py).
+    from sqlalchemy import update
+
+    from qiao.ledger.models import LedgerTile
+
+    store.append(batch(0, 300))
+    with engine.begin() as conn:
+        conn.execute(update(LedgerTile).where(LedgerTile.level == 1).values(level=30_000))
+    findings = store.verify()
+    assert any("tile row (level 30000, index 0)" in f for f in findings), findings

@@ -411,3 +411,48 @@ def test_migration_matches_the_models(engine: Engine, db_url: str) -> None:
     eng = make_engine(db_url)
     assert not tables & set(inspect(eng).get_table_names())
     eng.dispose()
+
+
+@pytest.mark.parametrize(
+    "column,value",
+    [("size", 9), ("size", 0), ("root_hash", bytes(32)), ("checkpoint", b"not a note\n\n")],
+)
+def test_altered_state_is_refused_and_alerted(
+    witness: Witness, log: Log, engine: Engine, column: str, value: Any
+) -> None:
+    # The stored size and root must still be the log-signed checkpoint stored with them:
+    # someone with the node's database could otherwise rewind the witness or make it cosign
+    # another history (reliability/test_tamper.py).
+    from sqlalchemy import update
+
+    from qiao.ledger.witness import ALERT_STATE_DAMAGED
+    from qiao.ledger.witness_models import WitnessState
+
+    _at(witness, log, 10)
+    with engine.begin() as c:
+        c.execute(update(WitnessState).values({column: value}))
+    for _ in range(2):
+        status, answer = witness.add_checkpoint(log.request(10, 20), NOW)
+        assert status == 500 and b"witness state damaged" in answer
+        status, _ = witness.add_checkpoint(log.request(value if column == "size" else 10, 20), NOW)
+        assert status == 500
+    (alert,) = witness.alerts()  # one incident, however often the log asks
+    assert alert.kind == ALERT_STATE_DAMAGED and "altered" in alert.detail
+
+
+def test_a_state_moved_to_another_origin_is_refused(
+    witness: Witness, log: Log, engine: Engine
+) -> None:
+    # With its row renamed, the log would look new to the witness and start from size 0.
+    from sqlalchemy import update
+
+    from qiao.ledger.witness import ALERT_STATE_DAMAGED
+    from qiao.ledger.witness_models import WitnessState
+
+    _at(witness, log, 10)
+    with engine.begin() as c:
+        c.execute(update(WitnessState).values(origin="elsewhere/ledger"))
+    status, answer = witness.add_checkpoint(log.request(0, 20), NOW)
+    assert status == 500 and b"stored under origin 'elsewhere/ledger'" in answer
+    (alert,) = witness.alerts()
+    assert alert.kind == ALERT_STATE_DAMAGED

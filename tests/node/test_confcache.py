@@ -125,6 +125,21 @@ def test_cache_survives_a_restart_and_a_damaged_cache_is_ignored(tmp_path: Path,
     assert damaged.current is None
 
 
+def test_a_last_contact_moved_into_the_future_is_refused(tmp_path: Path, key: Any) -> None:
+    # The time the hub was last reached is not signed; moved ahead, it would stretch the
+    # grace period at will (reliability/test_tamper.py).
+    clock = Clock()
+    c = cache(tmp_path, key, clock, grace=100)
+    c.accept(signing.sign_document(key, doc(3), kind=KIND))
+    saved = json.loads((tmp_path / CACHE_FILE).read_text())
+    saved["last_reached"] = clock.now + 10 * 86400
+    (tmp_path / CACHE_FILE).write_text(json.dumps(saved))
+    assert cache(tmp_path, key, clock).current is None
+    saved["last_reached"] = clock.now + 60  # within a clock correction's margin: kept
+    (tmp_path / CACHE_FILE).write_text(json.dumps(saved))
+    assert cache(tmp_path, key, clock).usable().serial == 3
+
+
 def test_the_public_form_is_refused(tmp_path: Path, key: Any) -> None:
     """The hub's public form, correctly signed, must not replace the node's agreements: a man
     in the middle could replay it to strip them."""

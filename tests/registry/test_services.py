@@ -195,6 +195,39 @@ def test_operator_tokens(registry: RegistryService) -> None:
     assert not registry.check_operator_token(token + "x")
 
 
+def test_an_operator_token_stops_at_its_expiry_and_at_revocation(
+    registry: RegistryService,
+) -> None:
+    from qiao.registry.models import OperatorToken
+
+    lasting = registry.create_operator_token("ops", days=30)
+    ending = registry.create_operator_token("pipeline", org=None, days=1)
+    listed = {t["label"]: t for t in registry.operator_tokens()}
+    assert listed["ops"]["valid"] and listed["ops"]["expires_at"] > listed["ops"]["created_at"]
+    assert not any("qop_" in str(v) for t in listed.values() for v in t.values())
+    # A day later (moved back in the database, as the clock would move forward):
+    with registry._sessions.begin() as s:
+        s.execute(
+            update(OperatorToken)
+            .where(OperatorToken.label == "pipeline")
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert registry.check_operator_token(lasting)
+    assert registry.check_operator_token(ending) is None
+    assert not {t["label"]: t for t in registry.operator_tokens()}["pipeline"]["valid"]
+
+    registry.revoke_operator_token(listed["ops"]["id"], reason="left the team")
+    assert registry.check_operator_token(lasting) is None
+    registry.revoke_operator_token(listed["ops"]["id"])  # again: nothing changes, no error
+    with pytest.raises(Problem) as e:
+        registry.revoke_operator_token(9999)
+    assert e.value.kind is problems.NOT_FOUND
+    for bad in (0, -1, 10_000):
+        with pytest.raises(Problem) as e:
+            registry.create_operator_token("x", days=bad)
+        assert e.value.kind is problems.VALIDATION
+
+
 def _events_key() -> str:
     return event_key_to_text(generate_event_key().public_key())
 
